@@ -1,0 +1,45 @@
+# mcrobust: one venv, two commands (`make demo`, `make test`). Set-up is idempotent: it reinstalls
+# only when the package metadata changed since the last successful install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.mcrobust-installed
+# torch comes from the files on this machine's disk; the package itself accepts a range.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?= -n 2
+
+.PHONY: setup demo demo-robustness test test-slow lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[test,lint]' $(TORCH_PINS)
+	touch $(STAMP)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check mcrobust tests benchmarks scripts
+	$(VENV)/bin/ruff format --check mcrobust tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix mcrobust tests benchmarks scripts
+	$(VENV)/bin/ruff format mcrobust tests benchmarks scripts
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
