@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny data and nets that keep the whole suite fast on 2 CPU cores."""
+"""Shared fixtures: tiny data in the real on-disk formats, and settings that keep the suite fast on 2 cores."""
 
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,8 +14,65 @@ os.environ.setdefault("MCROBUST_TEST", "1")
 
 
 @pytest.fixture(autouse=True)
-def _few_threads_and_seed():
+def _one_thread_and_seed():
     """Two xdist workers share two cores: one thread each, and a fixed global seed per test."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_process_group():
+    """A test that failed inside DDP must not leave a process group to the next one."""
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _class_images(rng: np.random.Generator, labels: np.ndarray, size: int = 32) -> np.ndarray:
+    """Images whose mean brightness encodes the class, so a net can learn them."""
+    base = (labels[:, None, None, None] * 20 + 30).astype(np.float64)
+    noise = rng.normal(0, 10, size=(len(labels), size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_cifar10(root: Path, per_batch: int = 20, test: int = 30, seed: int = 0) -> Path:
+    """Write CIFAR-10 in torchvision's python-batch format: pickles of {'data': uint8 (N, 3072), 'labels'}."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        count = test if name == "test_batch" else per_batch
+        labels = np.arange(count) % 10
+        images = _class_images(rng, labels)
+        data = images.transpose(0, 3, 1, 2).reshape(count, 3072)  # R, G, B planes of 32x32
+        with (folder / name).open("wb") as handle:
+            pickle.dump({"data": data, "labels": labels.tolist(), "filenames": [f"{i}.png" for i in range(count)]}, handle)
+    with (folder / "batches.meta").open("wb") as handle:
+        pickle.dump({"label_names": ["airplane"] * 10}, handle)
+    return root
+
+
+def write_svhn(root: Path, train: int = 60, test: int = 30, seed: int = 0) -> Path:
+    """Write SVHN's {train,test}_32x32.mat: X uint8 (32, 32, 3, N), y (N, 1) with 10 meaning digit 0."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count) % 10
+        images = _class_images(rng, labels).transpose(1, 2, 3, 0)
+        y = np.where(labels == 0, 10, labels).reshape(-1, 1).astype(np.uint8)
+        savemat(str(root / f"{split}_32x32.mat"), {"X": images, "y": y})
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    return write_cifar10(tmp_path_factory.mktemp("cifar10"))
+
+
+@pytest.fixture(scope="session")
+def svhn_root(tmp_path_factory) -> Path:
+    return write_svhn(tmp_path_factory.mktemp("svhn"))

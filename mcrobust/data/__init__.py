@@ -1,0 +1,1 @@
+"""Data sets in memory, bonafide subsets, backdoor poisoning and the shared LightningDataModule."""

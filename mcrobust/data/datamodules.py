@@ -1,0 +1,280 @@
+"""`RobustDataModule`: one LightningDataModule for every system (endpoints, attacks, curves, baselines).
+
+Flow: data set -> optional backdoor poisoning (to train tampered endpoints) -> optional bonafide subset (the
+small clean set that repair and baselines may use) -> loaders. Evaluation sets are the clean split and, when a
+trigger is configured, its triggered copy (non-target images labelled with the target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mcrobust.data.bonafide import bonafide_indices, fraction_to_size, load_indices, save_indices, split_stratified
+from mcrobust.data.poisoning import BlendTrigger, PatchTrigger, poison, triggered_eval_set
+from mcrobust.data.samplers import UnpaddedShardSampler
+from mcrobust.data.sources import ArraySplit, channel_statistics, load_split
+from mcrobust.data.transforms import ArrayDataset, cifar_augmentation
+from mcrobust.errors import ConfigError
+
+AUGMENTED_BY_DEFAULT = ("cifar10", "image_folder")
+BONAFIDE_FILE = "bonafide_indices.json"
+
+
+@dataclass
+class PoisonSettings:
+    """Backdoor poisoning of the training data (BadNets, all-to-one; PAPER.md §3).
+
+    Args:
+        trigger: the trigger stamped on poisoned and triggered evaluation images.
+        target: the label every triggered image should be classified as.
+        rate: fraction of non-target training images poisoned (target-class images never are).
+        seed: seed of the choice of poisoned images.
+        after_augmentation: stamp the trigger after augmentation instead of before (the paper's code: before).
+    """
+
+    trigger: PatchTrigger | BlendTrigger = field(default_factory=PatchTrigger)
+    target: int = 1
+    rate: float = 0.1
+    seed: int = 0
+    after_augmentation: bool = False
+
+
+class RobustDataModule(pl.LightningDataModule):
+    """Data for every mcrobust system: training split, bonafide subset, clean and triggered evaluation sets.
+
+    Args:
+        dataset: 'digits' (embedded, no download), 'cifar10', 'svhn' or 'image_folder' (root/train, root/test).
+        root: folder holding the data set files.
+        download: fetch cifar10/svhn through torchvision when missing.
+        image_size: resize image_folder images to this size (square).
+        batch_size: training batch size (per process).
+        eval_batch_size: evaluation batch size; defaults to 2 x batch_size.
+        num_workers: data loader worker processes.
+        pin_memory: pin host memory for faster GPU transfers.
+        augment: crop+flip augmentation of training images; default on for cifar10 and image_folder.
+        split_seed: seed of the digits train/test split and of the evaluation-set cap.
+        train_on: 'full' trains on the (optionally poisoned) training split; 'bonafide' on the bonafide subset.
+        bonafide_size: number of bonafide images (exclusive with bonafide_fraction).
+        bonafide_fraction: bonafide size as a fraction of the pool.
+        bonafide_seed: seed of the stratified bonafide draw.
+        bonafide_pool: 'train' draws from the training split; 'test_half' (the paper's protocol) from one half of
+            the test split, the other half being the evaluation set.
+        bonafide_indices_path: read the bonafide indices from this JSON file (as written to a run's log dir).
+        holdout_size: bonafide images held out from training, to choose a point on the path without the trigger.
+        eval_size: evaluate on a seeded, stratified subset of this many images (None: the whole evaluation set).
+        poison: backdoor settings; poisons the training split when train_on is 'full' and adds the triggered set.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["digits", "cifar10", "svhn", "image_folder"] = "digits",
+        root: str = "data",
+        download: bool = False,
+        image_size: int | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool | None = None,
+        split_seed: int = 0,
+        train_on: Literal["full", "bonafide"] = "full",
+        bonafide_size: int | None = None,
+        bonafide_fraction: float | None = None,
+        bonafide_seed: int = 0,
+        bonafide_pool: Literal["train", "test_half"] = "train",
+        bonafide_indices_path: str | None = None,
+        holdout_size: int = 0,
+        eval_size: int | None = None,
+        poison: PoisonSettings | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if bonafide_size is not None and bonafide_fraction is not None:
+            raise ConfigError("set data.bonafide_size or data.bonafide_fraction, not both")
+        if train_on == "bonafide" and bonafide_size is None and bonafide_fraction is None and not bonafide_indices_path:
+            raise ConfigError("data.train_on: bonafide needs data.bonafide_size or data.bonafide_fraction")
+        if holdout_size < 0 or num_workers < 0:
+            raise ConfigError("data.holdout_size and data.num_workers must be >= 0")
+        self.dataset, self.root, self.download, self.image_size = dataset, root, download, image_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or 2 * batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.augment = dataset in AUGMENTED_BY_DEFAULT if augment is None else augment
+        self.split_seed, self.train_on = split_seed, train_on
+        self.bonafide_size, self.bonafide_fraction, self.bonafide_seed = bonafide_size, bonafide_fraction, bonafide_seed
+        self.bonafide_pool, self.bonafide_indices_path = bonafide_pool, bonafide_indices_path
+        self.holdout_size, self.eval_size, self.poison = holdout_size, eval_size, poison
+        self._train: ArraySplit | None = None
+        self.pool: ArraySplit | None = None
+        self.eval_split: ArraySplit | None = None
+        self.bonafide_index: np.ndarray | None = None  # positions in the pool
+        self.mean: tuple[float, ...] = ()
+        self.std: tuple[float, ...] = ()
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def prepare_data(self) -> None:
+        if self.download and self.dataset in ("cifar10", "svhn"):
+            load_split(self.dataset, "train", self.root, download=True)
+            load_split(self.dataset, "test", self.root, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.eval_split is not None:
+            return
+        train = load_split(self.dataset, "train", self.root, seed=self.split_seed, image_size=self.image_size)
+        test = load_split(self.dataset, "test", self.root, seed=self.split_seed, image_size=self.image_size)
+        self._train = train
+        self.mean, self.std = channel_statistics(train.images)
+        if self.bonafide_pool == "test_half":
+            pool_idx, eval_idx = split_stratified(test.labels, len(test.labels) // 2, seed=self.split_seed)
+            self.pool, evaluation = _take(test, pool_idx), _take(test, eval_idx)
+        else:
+            self.pool, evaluation = train, test
+        if self.eval_size is not None and self.eval_size < len(evaluation.labels):
+            keep = bonafide_indices(evaluation.labels, self.eval_size, seed=self.split_seed)
+            evaluation = _take(evaluation, keep)
+        self.eval_split = evaluation
+        if self.poison is not None and not 0 <= self.poison.target < self.num_classes:
+            raise ConfigError(f"data.poison.target {self.poison.target} is not a class (0..{self.num_classes - 1})")
+        if self.bonafide_index is None:
+            self.bonafide_index = self._draw_bonafide()
+        self._write_bonafide_indices()
+
+    def _draw_bonafide(self) -> np.ndarray | None:
+        assert self.pool is not None
+        if self.bonafide_indices_path:
+            indices, _ = load_indices(self.bonafide_indices_path)
+            if len(indices) and (indices.min() < 0 or indices.max() >= len(self.pool.labels)):
+                raise ConfigError(f"{self.bonafide_indices_path} has indices outside the pool of {len(self.pool.labels)}")
+            return indices
+        size = self.bonafide_size
+        if size is None and self.bonafide_fraction is not None:
+            size = fraction_to_size(self.bonafide_fraction, len(self.pool.labels))
+        if size is None:
+            return None
+        return bonafide_indices(self.pool.labels, size, seed=self.bonafide_seed, num_classes=self.num_classes)
+
+    def _write_bonafide_indices(self) -> None:
+        trainer = self.trainer
+        if self.bonafide_index is None or trainer is None or trainer.global_rank != 0 or not trainer.log_dir:
+            return
+        meta = {"dataset": self.dataset, "pool": self.bonafide_pool, "seed": self.bonafide_seed}
+        save_indices(Path(trainer.log_dir) / BONAFIDE_FILE, self.bonafide_index, meta)
+
+    # ---------------------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The bonafide indices travel in checkpoints, so a resumed run uses exactly the same subset."""
+        index = None if self.bonafide_index is None else self.bonafide_index.tolist()
+        return {"bonafide_index": index}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("bonafide_index") is not None:
+            self.bonafide_index = np.asarray(state_dict["bonafide_index"], dtype=np.int64)
+
+    # ----------------------------------------------------------------------------------------- the subsets
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the data set (10 for the built-in ones)."""
+        split = self.eval_split or self._train
+        return 10 if split is None else len(split.classes)
+
+    def _bonafide_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bonafide pool positions split into (train, holdout)."""
+        if self.bonafide_index is None:
+            raise ConfigError("no bonafide subset: set data.bonafide_size or data.bonafide_fraction")
+        if self.holdout_size == 0:
+            return self.bonafide_index, self.bonafide_index[:0]
+        assert self.pool is not None
+        labels = self.pool.labels[self.bonafide_index]
+        if self.holdout_size >= len(labels):
+            raise ConfigError(f"data.holdout_size {self.holdout_size} leaves no bonafide image to train on")
+        rest, held = split_stratified(labels, len(labels) - self.holdout_size, seed=self.bonafide_seed)
+        return self.bonafide_index[rest], self.bonafide_index[held]
+
+    def bonafide_dataset(self, part: Literal["all", "train", "holdout"] = "train") -> ArrayDataset:
+        """The clean bonafide images without augmentation (BN recompute, selection, fine-pruning statistics)."""
+        assert self.pool is not None
+        train_part, holdout_part = self._bonafide_parts()
+        chosen = {"all": self.bonafide_index, "train": train_part, "holdout": holdout_part}[part]
+        return ArrayDataset(self.pool.images[chosen], self.pool.labels[chosen], indices=chosen)
+
+    def train_dataset(self) -> ArrayDataset:
+        """Training images: the bonafide subset (clean) or the training split (poisoned when configured)."""
+        assert self._train is not None and self.pool is not None
+        transform = cifar_augmentation(self._train.images.shape[1]) if self.augment else None
+        if self.train_on == "bonafide":
+            chosen = self._bonafide_parts()[0]
+            return ArrayDataset(self.pool.images[chosen], self.pool.labels[chosen], transform, indices=chosen)
+        images, labels = self._train.images, self._train.labels
+        if self.poison is None:
+            return ArrayDataset(images, labels, transform)
+        settings = self.poison
+        poisoned = poison(images, labels, settings.trigger, settings.target, settings.rate, settings.seed)
+        if settings.after_augmentation:
+            late_labels = labels.copy()
+            late_labels[poisoned.indices] = settings.target
+            return ArrayDataset(images, late_labels, transform, settings.trigger.apply_tensor, poisoned.indices)
+        return ArrayDataset(poisoned.images, poisoned.labels, transform)
+
+    def eval_datasets(self) -> dict[str, ArrayDataset]:
+        """Evaluation sets by name: 'clean' and, with a trigger, 'triggered'."""
+        assert self.eval_split is not None
+        sets = {"clean": ArrayDataset(self.eval_split.images, self.eval_split.labels)}
+        if self.poison is not None:
+            images, labels, source = triggered_eval_set(
+                self.eval_split.images, self.eval_split.labels, self.poison.trigger, self.poison.target
+            )
+            sets["triggered"] = ArrayDataset(images, labels, indices=source)
+        return sets
+
+    # ---------------------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, shard: bool = False) -> DataLoader:
+        sampler = None
+        trainer = self.trainer
+        if shard and trainer is not None and trainer.world_size > 1:
+            sampler = UnpaddedShardSampler(dataset, trainer.world_size, trainer.global_rank)  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, self.eval_batch_size, shard=True) for d in self.eval_datasets().values()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    def eval_set_names(self) -> list[str]:
+        """Names of the evaluation loaders, in the order of val_dataloader()/test_dataloader()."""
+        return ["clean", "triggered"] if self.poison is not None else ["clean"]
+
+    def bn_dataloader(self) -> DataLoader:
+        """Bonafide training images, no augmentation, the same full set on every rank: for BN recompute."""
+        return self._loader(self.bonafide_dataset("train"), self.eval_batch_size)
+
+    def eval_dataloader(self, dataset: Dataset) -> DataLoader:
+        """A sharded (no padding) evaluation loader over any data set, for callbacks."""
+        return self._loader(dataset, self.eval_batch_size, shard=True)
+
+
+def _take(split: ArraySplit, index: np.ndarray) -> ArraySplit:
+    return ArraySplit(split.images[index], split.labels[index], split.classes)
+
+
+def stack_dataset(dataset: ArrayDataset, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Images, labels and indices of a whole (small) data set as tensors on `device`."""
+    return tuple(t.to(device) for t in dataset.tensors())

@@ -1,0 +1,22 @@
+"""Architectures for 32x32 images; every registered net starts with `Normalize` and takes pixels in [0,1]."""
+
+from mcrobust.nets.layers import Normalize, find_normalize
+from mcrobust.nets.preresnet import PreResNet
+from mcrobust.nets.registry import create_net, list_nets, register_net
+from mcrobust.nets.resnet import ResNet18
+from mcrobust.nets.tiny import TinyNet
+from mcrobust.nets.vgg import VGG, vgg16, vgg16_bn
+
+__all__ = [
+    "VGG",
+    "Normalize",
+    "PreResNet",
+    "ResNet18",
+    "TinyNet",
+    "create_net",
+    "find_normalize",
+    "list_nets",
+    "register_net",
+    "vgg16",
+    "vgg16_bn",
+]

@@ -1,0 +1,141 @@
+"""`ClassificationSystem`: a net trained and evaluated with cross-entropy; the base of every system.
+
+Evaluation reports, per stage, `<stage>/acc` and `<stage>/loss` on the clean set and `<stage>/asr` (attack
+success rate, standard definition: non-target images only) on the triggered set when a trigger is configured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+
+from mcrobust.errors import ConfigError
+from mcrobust.nets.layers import find_normalize
+from mcrobust.schedules import PaperSchedule
+
+STAGES = ("train", "val", "test")
+
+
+class ClassificationSystem(pl.LightningModule):
+    """Holds `net` and the metrics shared by every system.
+
+    Args:
+        net: the architecture (any nn.Module mapping images in [0,1] to logits).
+        optimizer: optimizer factory (class_path/init_args in the config).
+        scheduler: learning-rate scheduler factory; `mcrobust.schedules.PaperSchedule` is the paper's. None: constant.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in STAGES for name in ("acc", "loss", "asr")}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "num_classes"):
+            return
+        self.check_num_classes(datamodule)
+
+    def check_num_classes(self, datamodule: Any) -> None:
+        """Fail early, in one line, when the net's logits do not match the data set's classes."""
+        sample = datamodule.eval_datasets()["clean"][0][0].unsqueeze(0)
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            outputs = self.net(sample.to(self.device)).shape[-1]
+        self.net.train(was_training)
+        if outputs != datamodule.num_classes:
+            raise ConfigError(
+                f"the net outputs {outputs} logits but the data set has {datamodule.num_classes} classes; "
+                "set model.init_args.net.init_args.num_classes"
+            )
+
+    def use_data_statistics(self) -> None:
+        """Copy the data set's mean/std into the net's Normalize layer (fresh training only)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        normalize = find_normalize(self.net)
+        if normalize is not None and datamodule is not None and getattr(datamodule, "mean", None):
+            normalize.set_statistics(datamodule.mean, datamodule.std)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(p for p in self.parameters() if p.requires_grad)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, PaperSchedule) and scheduler.total_epochs is None:
+            scheduler.total_epochs = self.trainer.max_epochs
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.log_step_metrics("train", logits, y, loss)
+        return loss
+
+    def log_step_metrics(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Update and log `<stage>/acc` and `<stage>/loss` from one batch."""
+        acc, mean_loss = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_loss"]
+        acc.update((logits.argmax(dim=1) == y).float())
+        mean_loss.update(loss.detach(), weight=len(y))
+        on_step = stage == "train"
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
+        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, add_dataloader_idx=False)
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset("test")
+
+    def _reset(self, stage: str) -> None:
+        # ddp_spawn on CPU can share in-place metric state between workers: start every epoch from zero.
+        for name in ("acc", "loss", "asr"):
+            self.metrics[f"{stage}_{name}"].reset()
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluation_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluation_step("test", batch, dataloader_idx)
+
+    def evaluation_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
+        """Clean set: accuracy and loss; triggered set: attack success rate."""
+        x, y = batch[0], batch[1]
+        logits = self.net(x)
+        if self.eval_set_name(dataloader_idx) == "triggered":
+            asr = self.metrics[f"{stage}_asr"]
+            asr.update((logits.argmax(dim=1) == y).float())
+            self.log(f"{stage}/asr", asr, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
+            return
+        self.log_step_metrics(stage, logits, y, F.cross_entropy(logits, y))
+
+    def eval_set_name(self, dataloader_idx: int) -> str:
+        """Name of an evaluation loader ('clean' or 'triggered'), as the data module orders them."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = datamodule.eval_set_names() if datamodule is not None else ["clean"]
+        return names[dataloader_idx]

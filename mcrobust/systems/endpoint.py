@@ -1,0 +1,44 @@
+"""`EndpointSystem`: train one network with cross-entropy (clean, backdoored, fine-tuned or from scratch)."""
+
+from __future__ import annotations
+
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from mcrobust.checkpoints import load_weights
+from mcrobust.systems.classification import ClassificationSystem
+
+
+class EndpointSystem(ClassificationSystem):
+    """A network trained with cross-entropy on the data module's training set.
+
+    Trained on the (poisoned) training split it makes the endpoints to repair; with `init_weights` and the
+    bonafide subset it is the fine-tuning baseline and the second endpoint of single-model repair.
+
+    Args:
+        net: the architecture.
+        optimizer: optimizer factory.
+        scheduler: learning-rate scheduler factory (None: constant).
+        init_weights: start from these weights (.ckpt, .pt/.pth or .safetensors) instead of a fresh init.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        init_weights: str | None = None,
+    ) -> None:
+        super().__init__(net, optimizer, scheduler)
+        self.init_weights = init_weights
+        self.save_hyperparameters()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit" or self.trainer.ckpt_path is not None:
+            return  # a resumed run restores everything from its own checkpoint
+        if self.init_weights:
+            self.net.load_state_dict(load_weights(self.init_weights, template=self.net))
+        else:
+            self.use_data_statistics()
