@@ -122,18 +122,18 @@ class CurveModel(nn.Module):
         self.template = template.requires_grad_(False)
         parameters = dict(template.named_parameters())  # tied tensors appear once
         self.parameter_names = list(parameters)
-        keys = {escape(name) for name in parameters}
-        if len(keys) != len(parameters):
+        self._keys = [escape(name) for name in parameters]
+        if len(set(self._keys)) != len(parameters):
             raise ConfigError("two parameter names of the template differ only in '.' versus '-'; rename one")
         persistent = template.state_dict().keys()
         self.buffer_names = [name for name, _ in template.named_buffers() if name in persistent]
         frozen = {0: fix_start, num_bends - 1: fix_end}
         self.bends = nn.ModuleList(
-            nn.ParameterDict(
-                {
-                    escape(name): nn.Parameter(value.detach().clone(), requires_grad=not frozen.get(j, False))
+            nn.ParameterDict(  # from pairs: ParameterDict sorts the keys of a plain dict
+                [
+                    (escape(name), nn.Parameter(value.detach().clone(), requires_grad=not frozen.get(j, False)))
                     for name, value in parameters.items()
-                }
+                ]
             )
             for j in range(num_bends)
         )
@@ -150,7 +150,7 @@ class CurveModel(nn.Module):
     def bend(self, j: int) -> dict[str, Tensor]:
         """Control point j as {template parameter name: tensor}, in the template's parameter order."""
         stored = cast(nn.ParameterDict, self.bends[j])
-        return dict(zip(self.parameter_names, stored.values(), strict=True))
+        return {name: stored[key] for name, key in zip(self.parameter_names, self._keys, strict=True)}
 
     def coefficients(self, t: Scalar) -> list[float]:
         """c_j(t) of this curve's kind, one per bend."""
