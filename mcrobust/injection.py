@@ -130,14 +130,12 @@ def choose_injection_sets(
         seed: seed of the draw (a local generator: the global RNG is untouched).
         batch_size: batch size of the forward passes.
     """
-    if len(images) != len(labels):
-        raise ConfigError(f"images ({len(images)}) and labels ({len(labels)}) differ in number")
+    _require(len(images) == len(labels), f"got {len(images)} images but {len(labels)} labels")
     _require(num_targets >= 1, f"num_targets must be >= 1, got {num_targets}")
     _require(num_keep >= 0, f"num_keep must be >= 0, got {num_keep}")
     _require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
     labels = labels.cpu().long()
-    if len(labels) and int(labels.max()) >= num_classes:
-        raise ConfigError(f"label {int(labels.max())} does not fit num_classes={num_classes}")
+    _require(not len(labels) or int(labels.max()) < num_classes, f"a label exceeds num_classes={num_classes}")
     correct = (_predict(model, images, batch_size) == labels).nonzero().squeeze(1)
     needed = num_targets + num_keep
     if len(correct) < needed:
@@ -161,11 +159,15 @@ def choose_injection_sets(
     )
 
 
+def _gaps(logits: Tensor, labels: Tensor) -> Tensor:
+    """z_y - max_{j != y} z_j per image: positive where the image is classified as its label."""
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    return own - logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+
+
 def injection_loss(logits: Tensor, labels: Tensor, weights: Tensor, margin: float = 1.0) -> Tensor:
     """Weighted multi-class hinge: sum_i w_i max(0, max_{j != y_i} z_ij - z_iy_i + margin) (fault sneaking, §3)."""
-    own = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-    return (weights * (other - own + margin).clamp_min(0)).sum()
+    return (weights * (margin - _gaps(logits, labels)).clamp_min(0)).sum()
 
 
 def injection_metrics(model: nn.Module, sets: InjectionSets, batch_size: int = 256) -> dict[str, float]:
@@ -211,15 +213,15 @@ def _only_trainable(model: nn.Module, param: nn.Parameter) -> Iterator[None]:
 def _loss_pass(
     model: nn.Module, images: Tensor, labels: Tensor, weights: Tensor, margin: float, batch_size: int
 ) -> Tensor:
-    """Accumulate the loss gradient over the whole injection set in chunks; return per-image hits (argmax == label)."""
-    hits = []
+    """Accumulate the loss gradient over the whole injection set in chunks; return the per-image gaps."""
+    gaps = []
     for chunk, chunk_labels, chunk_weights in zip(
         images.split(batch_size), labels.split(batch_size), weights.split(batch_size), strict=True
     ):
         logits = model(chunk)
         injection_loss(logits, chunk_labels, chunk_weights, margin).backward()
-        hits.append(logits.detach().argmax(1) == chunk_labels)
-    return torch.cat(hits)
+        gaps.append(_gaps(logits.detach(), chunk_labels))
+    return torch.cat(gaps)
 
 
 def inject_errors(
@@ -236,8 +238,9 @@ def inject_errors(
 
     Adam on the weighted hinge of :func:`injection_loss` (Adam is scale-free, so the weights set the balance between
     targets and keep set, not the step size), full batch over targets + keep set, model in eval mode (BN statistics
-    do not change), every other parameter frozen. Stops as soon as every target has its attacker label and every
-    keep image its true label, after at most ``steps`` steps. Copy the model first to keep the original.
+    do not change), every other parameter frozen. Stops as soon as every target has its attacker label by at least
+    the margin and every keep image still has its true label, after at most ``steps`` steps. Copy the model first
+    to keep the original.
 
     Args:
         model: the trained model; modified in place.
@@ -264,8 +267,11 @@ def inject_errors(
     with eval_mode(model), _only_trainable(model, param):
         while True:
             optimizer.zero_grad(set_to_none=True)
-            hits = _loss_pass(model, images, labels, weights, margin, batch_size)
-            if steps_taken == steps or bool(hits.all()):  # the hits belong to the current parameters
+            gaps = _loss_pass(model, images, labels, weights, margin, batch_size)  # of the current parameters
+            hits = gaps > 0
+            # targets must clear the margin, so that re-measuring (other batching, rounding) still finds them flipped
+            done = torch.cat([hits[:num_targets] & (gaps[:num_targets] >= margin), hits[num_targets:]])
+            if steps_taken == steps or bool(done.all()):
                 break
             optimizer.step()
             steps_taken += 1

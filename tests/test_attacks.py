@@ -95,17 +95,24 @@ def test_pgd_is_reproducible_per_seed(net, digits):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_does_not_depend_on_batching(net, digits, norm):
-    """Batches of 7 and of 64, and a shuffled order (another DDP shard), give the same images for the same index."""
+    """Batches of 7 and of 64, and a shuffled order (another DDP shard), give the same images for the same index.
+
+    The starts are bit-identical; after the steps only the float rounding of the net's batched kernels differs.
+    """
     x, y = digits[2][:64], digits[3][:64]
     index = torch.arange(1000, 1064)
-    attack = PGD(eps=EPS[norm], alpha=EPS[norm] / 4, steps=5, norm=norm, seed=1)
-    whole = attack(net, x, y, index)
-    in_sevens = torch.cat([attack(net, xs, ys, ids) for xs, ys, ids in zip(x.split(7), y.split(7), index.split(7))])
     order = torch.randperm(64)
-    shuffled = torch.empty_like(whole)
-    shuffled[order] = attack(net, x[order], y[order], index[order])
-    assert torch.equal(whole, in_sevens)
-    assert torch.equal(whole, shuffled)
+    for steps in (0, 5):
+        attack = PGD(eps=EPS[norm], alpha=EPS[norm] / 4, steps=steps, norm=norm, seed=1)
+        whole = attack(net, x, y, index)
+        in_sevens = torch.cat(
+            [attack(net, *batch) for batch in zip(x.split(7), y.split(7), index.split(7), strict=True)]
+        )
+        shuffled = torch.empty_like(whole)
+        shuffled[order] = attack(net, x[order], y[order], index[order])
+        if steps == 0:
+            assert torch.equal(whole, in_sevens) and torch.equal(whole, shuffled)
+        assert torch.allclose(whole, in_sevens, atol=1e-5) and torch.allclose(whole, shuffled, atol=1e-5)
 
 
 def test_random_start_is_uniform_in_the_ball():
@@ -144,8 +151,14 @@ def test_pgd_agrees_with_torchattacks_without_random_start(net, digits, norm, re
     ours = PGD(eps=eps, alpha=alpha, steps=10, norm=norm, random_start=False)(net, x, y)
     theirs = reference(net, eps=eps, alpha=alpha, steps=10, random_start=False)(x, y)
     assert accuracy(net, ours, y) == accuracy(net, theirs, y)
-    # same steps up to float rounding (torchattacks adds 1e-10 to tiny L2 gradient norms of a mean loss)
-    assert ((ours - theirs).abs() > 1e-5).float().mean() < (1e-4 if norm == "linf" else 0.01)
+    if norm == "linf":
+        assert torch.allclose(ours, theirs, atol=1e-6)
+    else:  # torchattacks adds 1e-10 to the norm of a batch-mean gradient: only samples with real gradients match
+        x_grad = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(net(x_grad), y, reduction="sum"), x_grad)
+        real = grad.flatten(1).norm(dim=1) > 1e-3
+        assert real.sum() > 100
+        assert torch.allclose(ours[real], theirs[real], atol=1e-4)
 
 
 def test_pgd_agrees_with_torchattacks_with_random_start(net, digits):

@@ -1,6 +1,8 @@
 """LightningModules ("systems") that compose the pure-torch core: endpoints, attacks, curves."""
 
+from mcrobust.systems.adversarial import AdversarialSystem
 from mcrobust.systems.classification import ClassificationSystem
 from mcrobust.systems.endpoint import EndpointSystem
+from mcrobust.systems.injection import InjectionSystem
 
-__all__ = ["ClassificationSystem", "EndpointSystem"]
+__all__ = ["AdversarialSystem", "ClassificationSystem", "EndpointSystem", "InjectionSystem"]

@@ -15,11 +15,13 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from mcrobust.attacks import PGD, AutoAttack, robust_metrics
 from mcrobust.errors import ConfigError
 from mcrobust.nets.layers import find_normalize
 from mcrobust.schedules import PaperSchedule
 
 STAGES = ("train", "val", "test")
+METRICS = ("acc", "loss", "asr", "robust_acc", "robust_loss")
 
 
 class ClassificationSystem(pl.LightningModule):
@@ -29,6 +31,7 @@ class ClassificationSystem(pl.LightningModule):
         net: the architecture (any nn.Module mapping images in [0,1] to logits).
         optimizer: optimizer factory (class_path/init_args in the config).
         scheduler: learning-rate scheduler factory; `mcrobust.schedules.PaperSchedule` is the paper's. None: constant.
+        eval_attack: attack for `val|test/robust_acc` and `robust_loss` on the clean set (PGD or AutoAttack).
     """
 
     def __init__(
@@ -36,14 +39,14 @@ class ClassificationSystem(pl.LightningModule):
         net: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        eval_attack: PGD | AutoAttack | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in STAGES for name in ("acc", "loss", "asr")}
-        )
+        self.eval_attack = eval_attack
+        self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in METRICS})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -114,7 +117,7 @@ class ClassificationSystem(pl.LightningModule):
 
     def _reset(self, stage: str) -> None:
         # ddp_spawn on CPU can share in-place metric state between workers: start every epoch from zero.
-        for name in ("acc", "loss", "asr"):
+        for name in METRICS:
             self.metrics[f"{stage}_{name}"].reset()
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -124,15 +127,24 @@ class ClassificationSystem(pl.LightningModule):
         self.evaluation_step("test", batch, dataloader_idx)
 
     def evaluation_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
-        """Clean set: accuracy and loss; triggered set: attack success rate."""
+        """Clean set: accuracy, loss and (with an attack) robust accuracy/loss; triggered set: attack success rate."""
         x, y = batch[0], batch[1]
         logits = self.net(x)
         if self.eval_set_name(dataloader_idx) == "triggered":
-            asr = self.metrics[f"{stage}_asr"]
-            asr.update((logits.argmax(dim=1) == y).float())
-            self.log(f"{stage}/asr", asr, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
+            self.log_mean(f"{stage}/asr", logits.argmax(dim=1) == y, prog_bar=True)
             return
         self.log_step_metrics(stage, logits, y, F.cross_entropy(logits, y))
+        if self.eval_attack is not None:
+            index = batch[2] if len(batch) > 2 else None
+            _, adv_logits = robust_metrics(self.net, self.eval_attack, x, y, index)
+            self.log_mean(f"{stage}/robust_acc", adv_logits.argmax(dim=1) == y, prog_bar=True)
+            self.log_mean(f"{stage}/robust_loss", F.cross_entropy(adv_logits, y, reduction="none"))
+
+    def log_mean(self, key: str, values: torch.Tensor, prog_bar: bool = False) -> None:
+        """Accumulate per-sample values into the epoch mean logged as `key` (e.g. 'test/asr')."""
+        metric = self.metrics[key.replace("/", "_")]
+        metric.update(values.float())
+        self.log(key, metric, on_epoch=True, prog_bar=prog_bar, add_dataloader_idx=False)
 
     def eval_set_name(self, dataloader_idx: int) -> str:
         """Name of an evaluation loader ('clean' or 'triggered'), as the data module orders them."""

@@ -6,6 +6,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from mcrobust.attacks import PGD, AutoAttack
 from mcrobust.checkpoints import load_weights
 from mcrobust.systems.classification import ClassificationSystem
 
@@ -21,6 +22,7 @@ class EndpointSystem(ClassificationSystem):
         optimizer: optimizer factory.
         scheduler: learning-rate scheduler factory (None: constant).
         init_weights: start from these weights (.ckpt, .pt/.pth or .safetensors) instead of a fresh init.
+        eval_attack: attack for `val|test/robust_acc` and `robust_loss` (PGD or AutoAttack); None: no attack.
     """
 
     def __init__(
@@ -29,8 +31,9 @@ class EndpointSystem(ClassificationSystem):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         init_weights: str | None = None,
+        eval_attack: PGD | AutoAttack | None = None,
     ) -> None:
-        super().__init__(net, optimizer, scheduler)
+        super().__init__(net, optimizer, scheduler, eval_attack)
         self.init_weights = init_weights
         self.save_hyperparameters()
 
