@@ -184,14 +184,16 @@ def _read_pickle(path: Path) -> Any:
             warnings.simplefilter("ignore")  # pickle-protocol notes; the failure itself is reported below
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        message = str(error)
-        if "Weights only load failed" not in message:
+        found = _UNSAFE_GLOBAL.search(str(error))
+        if found:
+            hint = " (Lightning: keep callables out of save_hyperparameters)" if path.suffix == ".ckpt" else ""
             raise CheckpointError(
-                f"cannot read {path} ({_first_line(error)}); the file is truncated or corrupt"
+                f"refusing to unpickle {path}: it needs {found.group(1)}, which could run code; "
+                f"re-save it as a plain state_dict or .safetensors{hint}"
             ) from None
         raise CheckpointError(
-            f"refusing to unpickle {path}: it needs {_unsafe_part(message)}, which could run code; "
-            "re-save it as a plain state_dict or .safetensors"
+            f"cannot read {path} ({_unpickling_detail(error)}); the file is truncated or corrupt, or not a plain "
+            "state_dict: re-save it with torch.save(model.state_dict()) or as .safetensors"
         ) from None
     except Exception as error:  # zip, pickle and storage errors all mean a damaged or foreign file
         raise CheckpointError(
@@ -199,13 +201,9 @@ def _read_pickle(path: Path) -> Any:
         ) from None
 
 
-def _unsafe_part(message: str) -> str:
-    """What the weights-only unpickler refused: a global such as `builtins.open`, or a pickle opcode."""
-    found = _UNSAFE_GLOBAL.search(message)
-    if found:
-        return found.group(1)
-    found = _UNSAFE_OPERAND.search(message)
-    return f"pickle opcodes beyond plain tensors ({found.group(0)})" if found else "objects beyond plain tensors"
+def _unpickling_detail(error: pickle.UnpicklingError) -> str:
+    found = _UNSAFE_OPERAND.search(str(error))
+    return found.group(0) if found else _first_line(error)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:

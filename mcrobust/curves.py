@@ -95,7 +95,9 @@ class CurveModel(nn.Module):
     `nn.Parameter`s, never buffers, because DDP re-broadcasts buffers from rank 0 on every forward; the
     template's own parameters are frozen too, so the trainable parameters are exactly the free bends.
     BN running statistics stay buffers of the template, shared by every t and updated in train mode;
-    `endpoint_buffers[0 | 1]` keep each endpoint's own buffers (a few kB) for `endpoint()`.
+    `endpoint_buffers[0 | 1]` keep each endpoint's own buffers (a few kB) for `endpoint()`, so a curve
+    checkpoint resumes without the endpoint files. The template's parameters (`template.*`) hold endpoint A
+    and are never read by `forward`; `materialize(t)` gives a plain module to export.
 
     Args:
         template: the architecture; taken over (its parameters are frozen), its values are irrelevant.
@@ -125,8 +127,22 @@ class CurveModel(nn.Module):
         self._keys = [escape(name) for name in parameters]
         if len(set(self._keys)) != len(parameters):
             raise ConfigError("two parameter names of the template differ only in '.' versus '-'; rename one")
+        canonical = {id(value): name for name, value in parameters.items()}
+        # functional_call runs with tie_weights=False: every alias of a tied tensor is fed the same w(t)
+        self._aliases = [
+            (name, canonical[id(value)])
+            for name, value in template.named_parameters(remove_duplicate=False)
+            if name not in parameters
+        ]
+        # where each buffer lives, read on every call so that .to() and load_state_dict are seen
+        self._buffer_slots = [
+            (name, template.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+            for name, _ in template.named_buffers(remove_duplicate=False)
+        ]
         persistent = template.state_dict().keys()
         self.buffer_names = [name for name, _ in template.named_buffers() if name in persistent]
+        if len({escape(name) for name in self.buffer_names}) != len(self.buffer_names):
+            raise ConfigError("two buffer names of the template differ only in '.' versus '-'; rename one")
         frozen = {0: fix_start, num_bends - 1: fix_end}
         self._fixed_first = sorted(range(num_bends), key=lambda j: not frozen.get(j, False))
         self.bends = nn.ModuleList(
@@ -209,8 +225,14 @@ class CurveModel(nn.Module):
 
         Lets a training step reuse one `weights(t)` for the output and a penalty such as ||w(t)||^2.
         """
-        tensors = {**weights, **dict(self.template.named_buffers())}
-        return functional_call(self.template, tensors, (x,), strict=True, tie_weights=True)
+        tensors = dict(weights)
+        for alias, name in self._aliases:
+            tensors[alias] = tensors[name]
+        for name, module, attribute in self._buffer_slots:
+            buffer = module._buffers[attribute]
+            if buffer is not None:
+                tensors[name] = buffer
+        return functional_call(self.template, tensors, (x,), strict=True, tie_weights=False)
 
     def forward(self, x: Tensor, t: Scalar) -> Tensor:
         """The network at position t on the curve applied to `x`."""

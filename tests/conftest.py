@@ -76,3 +76,55 @@ def cifar10_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def svhn_root(tmp_path_factory) -> Path:
     return write_svhn(tmp_path_factory.mktemp("svhn"))
+
+
+# ------------------------------------------------------------------------------------------- trained endpoints
+def train_tiny_endpoint(path: Path, seed: int, poisoned: bool, epochs: int = 12) -> Path:
+    """Train the tiny net on digits (10% of non-target images poisoned, or clean) and save a Lightning .ckpt."""
+    from functools import partial
+
+    import pytorch_lightning as pl
+
+    from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+    from mcrobust.nets import TinyNet
+    from mcrobust.schedules import PaperSchedule
+    from mcrobust.systems import EndpointSystem
+
+    pl.seed_everything(seed)
+    datamodule = RobustDataModule(batch_size=64, poison=PoisonSettings(rate=0.1) if poisoned else None)
+    optimizer = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    system = EndpointSystem(TinyNet(width=16), optimizer=optimizer, scheduler=PaperSchedule)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(system, datamodule)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_endpoints(tmp_path_factory) -> dict[str, Path]:
+    """Backdoored endpoints 'a' and 'b' (seeds 1, 2) and a 'clean' one, trained once per test session.
+
+    xdist workers share them through a file lock in pytest's common base temp folder.
+    """
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "tiny_endpoints"
+    shared.mkdir(exist_ok=True)
+    specs = {"a": (1, True), "b": (2, True), "clean": (3, False)}
+    with FileLock(str(shared / "lock")):
+        paths = {}
+        for name, (seed, poisoned) in specs.items():
+            path = shared / f"{name}.ckpt"
+            if not path.exists():
+                train_tiny_endpoint(shared / f"{name}.tmp", seed, poisoned).rename(path)
+            paths[name] = path
+    return paths

@@ -13,9 +13,7 @@ from torch import nn
 from mcrobust.curves import CurveModel, bezier, polychain
 from mcrobust.errors import CheckpointError, ConfigError
 
-CURVES = [
-    pytest.param(kind, bends, id=f"{kind}-{bends}") for kind in ("bezier", "polychain") for bends in (3, 5)
-]
+CURVES = [pytest.param(kind, bends, id=f"{kind}-{bends}") for kind in ("bezier", "polychain") for bends in (3, 5)]
 GRID = [i / 20 for i in range(21)]
 
 
@@ -59,7 +57,9 @@ def trained_looking(seed: int, factory=TinyNet) -> nn.Module:
     return net.eval()
 
 
-def make_curve(kind: str = "bezier", bends: int = 3, factory=TinyNet, **kwargs) -> tuple[CurveModel, nn.Module, nn.Module]:
+def make_curve(
+    kind: str = "bezier", bends: int = 3, factory=TinyNet, **kwargs
+) -> tuple[CurveModel, nn.Module, nn.Module]:
     start, end = trained_looking(1, factory), trained_looking(2, factory)
     curve = CurveModel(factory(), kind=kind, num_bends=bends, **kwargs)
     curve.set_endpoints(start.state_dict(), end.state_dict())
@@ -159,8 +159,8 @@ def test_tied_weights_stay_tied():
     assert curve.parameter_names == ["encode.weight", "encode.bias", "decode.bias"]
     x, t = torch.randn(5, 4), 0.3
     w = curve.weights(t)
-    reference = nn.functional.linear(torch.tanh(nn.functional.linear(x, w["encode.weight"], w["encode.bias"])),
-                                     w["encode.weight"], w["decode.bias"])  # fmt: skip
+    hidden = torch.tanh(nn.functional.linear(x, w["encode.weight"], w["encode.bias"]))
+    reference = nn.functional.linear(hidden, w["encode.weight"], w["decode.bias"])
     torch.testing.assert_close(curve(x, t), reference)
     point = curve.materialize(t)
     assert point.decode.weight is point.encode.weight
@@ -172,8 +172,8 @@ def test_tied_weights_stay_tied():
 def test_set_endpoints_names_the_mismatched_tensor():
     curve = CurveModel(TinyNet(width=4))
     good, wide = TinyNet(width=4).state_dict(), TinyNet(width=6).state_dict()
-    with pytest.raises(CheckpointError, match=r"endpoint B has 'features.0.weight' of shape \[6, 3, 3, 3\], "
-                                              r"the network expects \[4, 3, 3, 3\]"):  # fmt: skip
+    expected = r"endpoint B has 'features.0.weight' of shape \[6, 3, 3, 3\], the network expects \[4, 3, 3, 3\]"
+    with pytest.raises(CheckpointError, match=expected):
         curve.set_endpoints(good, wide)
     del good["classifier.bias"]
     with pytest.raises(CheckpointError, match="endpoint A lacks 'classifier.bias'"):

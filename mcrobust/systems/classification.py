@@ -6,6 +6,7 @@ success rate, standard definition: non-target images only) on the triggered set 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,6 +51,18 @@ class ClassificationSystem(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def save_plain_hyperparameters(self) -> None:
+        """save_hyperparameters(), keeping only plain values so checkpoints load with weights_only=True.
+
+        Under LightningCLI the net, optimizer and attacks arrive as class_path/init_args dictionaries, which
+        rebuild the system in `load_from_checkpoint`; objects passed from Python are left out (pass them again).
+        """
+        frame = inspect.currentframe()
+        self.save_hyperparameters(frame=frame.f_back if frame is not None else None)
+        for key in [k for k, v in self.hparams.items() if not _is_plain(v)]:
+            del self._hparams[key]
+            self._hparams_initial.pop(key, None)
 
     # ---------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -151,3 +164,13 @@ class ClassificationSystem(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         names = datamodule.eval_set_names() if datamodule is not None else ["clean"]
         return names[dataloader_idx]
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False

@@ -35,7 +35,7 @@ class EndpointSystem(ClassificationSystem):
     ) -> None:
         super().__init__(net, optimizer, scheduler, eval_attack)
         self.init_weights = init_weights
-        self.save_hyperparameters()
+        self.save_plain_hyperparameters()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

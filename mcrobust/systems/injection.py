@@ -57,7 +57,7 @@ class InjectionSystem(ClassificationSystem):
         super().__init__(net, eval_attack=eval_attack)
         if num_targets < 1 or num_keep < 0 or steps < 1:
             raise ConfigError("model.num_targets and model.steps must be >= 1, model.num_keep >= 0")
-        self.save_hyperparameters()
+        self.save_plain_hyperparameters()
         self.automatic_optimization = False
         self.sets: InjectionSets | None = None
         self.injected = False
