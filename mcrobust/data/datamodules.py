@@ -262,8 +262,15 @@ class RobustDataModule(pl.LightningDataModule):
         """Names of the evaluation loaders, in the order of val_dataloader()/test_dataloader()."""
         return ["clean", "triggered"] if self.poison is not None else ["clean"]
 
-    def bn_dataloader(self) -> DataLoader:
-        """Bonafide training images, no augmentation, the same full set on every rank: for BN recompute."""
+    def bn_dataloader(self, source: Literal["bonafide", "train"] = "bonafide") -> DataLoader:
+        """Images for BN recompute, no augmentation, the same full set on every rank.
+
+        'bonafide' (the faithful limited-data choice) serves the bonafide training images; 'train' the whole clean
+        training split, as the paper's code did (it breaks the limited-data threat model; say so in results).
+        """
+        if source == "train":
+            assert self._train is not None
+            return self._loader(ArrayDataset(self._train.images, self._train.labels), self.eval_batch_size)
         return self._loader(self.bonafide_dataset("train"), self.eval_batch_size)
 
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:

@@ -2,7 +2,8 @@
 
 from mcrobust.systems.adversarial import AdversarialSystem
 from mcrobust.systems.classification import ClassificationSystem
+from mcrobust.systems.curve import CurveSystem
 from mcrobust.systems.endpoint import EndpointSystem
 from mcrobust.systems.injection import InjectionSystem
 
-__all__ = ["AdversarialSystem", "ClassificationSystem", "EndpointSystem", "InjectionSystem"]
+__all__ = ["AdversarialSystem", "ClassificationSystem", "CurveSystem", "EndpointSystem", "InjectionSystem"]

@@ -50,7 +50,11 @@ class ClassificationSystem(pl.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in METRICS})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.eval_model()(x)
+
+    def eval_model(self) -> nn.Module:
+        """The plain f(x) that validation and test measure (a curve system returns its point at val_t)."""
+        return self.net
 
     def save_plain_hyperparameters(self) -> None:
         """save_hyperparameters(), keeping only plain values so checkpoints load with weights_only=True.
@@ -74,11 +78,12 @@ class ClassificationSystem(pl.LightningModule):
     def check_num_classes(self, datamodule: Any) -> None:
         """Fail early, in one line, when the net's logits do not match the data set's classes."""
         sample = datamodule.eval_datasets()["clean"][0][0].unsqueeze(0)
-        was_training = self.net.training
-        self.net.eval()
+        model = self.eval_model()
+        was_training = model.training
+        model.eval()
         with torch.no_grad():
-            outputs = self.net(sample.to(self.device)).shape[-1]
-        self.net.train(was_training)
+            outputs = model(sample.to(self.device)).shape[-1]
+        model.train(was_training)
         if outputs != datamodule.num_classes:
             raise ConfigError(
                 f"the net outputs {outputs} logits but the data set has {datamodule.num_classes} classes; "
@@ -142,14 +147,15 @@ class ClassificationSystem(pl.LightningModule):
     def evaluation_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
         """Clean set: accuracy, loss and (with an attack) robust accuracy/loss; triggered set: attack success rate."""
         x, y = batch[0], batch[1]
-        logits = self.net(x)
+        model = self.eval_model()
+        logits = model(x)
         if self.eval_set_name(dataloader_idx) == "triggered":
             self.log_mean(f"{stage}/asr", logits.argmax(dim=1) == y, prog_bar=True)
             return
         self.log_step_metrics(stage, logits, y, F.cross_entropy(logits, y))
         if self.eval_attack is not None:
             index = batch[2] if len(batch) > 2 else None
-            _, adv_logits = robust_metrics(self.net, self.eval_attack, x, y, index)
+            _, adv_logits = robust_metrics(model, self.eval_attack, x, y, index)
             self.log_mean(f"{stage}/robust_acc", adv_logits.argmax(dim=1) == y, prog_bar=True)
             self.log_mean(f"{stage}/robust_loss", F.cross_entropy(adv_logits, y, reduction="none"))
 

@@ -1,0 +1,6 @@
+"""Callbacks that measure and export points of a path."""
+
+from mcrobust.callbacks.export_point import ExportPoint
+from mcrobust.callbacks.path_evaluation import PathEvaluation
+
+__all__ = ["ExportPoint", "PathEvaluation"]

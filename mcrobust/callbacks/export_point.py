@@ -1,0 +1,56 @@
+"""`ExportPoint`: save the chosen point of a trained path as a plain, loadable model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+from mcrobust.errors import ConfigError
+from mcrobust.export import export_point, net_config
+
+
+class ExportPoint(Callback):
+    """Writes `repaired_t<t>.pt`, `.safetensors` and `.json` for the point at t (BN recomputed on bonafide data).
+
+    t is `t` when given, otherwise the point `PathEvaluation` chose with bonafide data only (list PathEvaluation
+    before ExportPoint in `trainer.callbacks`). Runs at the end of fit (explicit t only) and of test.
+
+    Args:
+        t: the point to export; None uses PathEvaluation's selection.
+        dirpath: output folder (default: the run's log dir).
+        bn_data: recompute BN on the 'bonafide' data or the full clean 'train' split.
+    """
+
+    def __init__(self, t: float | None = None, dirpath: str | None = None, bn_data: str = "bonafide") -> None:
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise ConfigError(f"ExportPoint t must be in [0, 1], got {t}")
+        self.t, self.dirpath, self.bn_data = t, dirpath, bn_data
+        self.paths: dict[str, Path] = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.t is not None:
+            self.export(trainer, pl_module, self.t)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        t = self.t if self.t is not None else getattr(pl_module, "selected_t", None)
+        if t is None:
+            rank_zero_warn("ExportPoint: no t to export; set its t or add PathEvaluation with data.holdout_size > 0")
+            return
+        self.export(trainer, pl_module, t)
+
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, t: float) -> None:
+        curve = getattr(pl_module, "curve", None)
+        if curve is None:
+            raise ConfigError("ExportPoint needs a CurveSystem (a model with a path)")
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        loader = datamodule.bn_dataloader(self.bn_data) if datamodule.bonafide_index is not None else None
+        directory = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+        config = net_config(curve.template, pl_module.hparams.get("net"))
+        extra = {"bn_data": self.bn_data if loader is not None else None, "source": type(pl_module).__name__}
+        self.paths = export_point(curve, t, loader, directory, config, extra=extra)
+        rank_zero_info(f"ExportPoint: the model at t={t} is in {self.paths['pt']} and {self.paths['safetensors']}")

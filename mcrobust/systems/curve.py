@@ -1,0 +1,119 @@
+"""`CurveSystem`: train a path between two networks on the bonafide data (PAPER.md §1, Garipov et al. 2018)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from mcrobust.attacks import PGD, AutoAttack
+from mcrobust.batchnorm import recompute_bn
+from mcrobust.checkpoints import load_weights
+from mcrobust.curves import CurveModel
+from mcrobust.errors import ConfigError
+from mcrobust.systems.classification import ClassificationSystem
+
+
+def step_t(seed: int, step: int, rank: int) -> float:
+    """t ~ U(0,1) for one training step, a pure function of (seed, step, rank): resumed runs draw the same t."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1))
+    return float(torch.rand((), generator=generator))
+
+
+class CurveSystem(ClassificationSystem):
+    """A curve of networks from `start` (t=0) to `end` (t=1) whose free bends train on the bonafide data.
+
+    Each training step draws one t ~ U(0,1) and minimises CE(phi_t(x), y) + weight_decay/2 ||w(t)||^2, the L2
+    penalty on the interpolated weights as in the paper's code (so the optimizer's own weight decay should be 0).
+    Validation and test measure the point at `val_t` after recomputing its BatchNorm statistics on the bonafide
+    data; the `PathEvaluation` callback sweeps the whole path. The checkpoint holds both endpoints, so a run
+    resumes, and a trained path is evaluated, without the endpoint files.
+
+    Args:
+        net: the architecture of both endpoints (the curve's template).
+        start: weights at t=0 (.ckpt, .pt/.pth or .safetensors); needed to train a new path.
+        end: weights at t=1; needed to train a new path.
+        kind: 'bezier' (quadratic for 3 bends) or 'polychain'.
+        num_bends: control points including both endpoints (>= 2; 3 in the paper).
+        fix_start: keep the start endpoint fixed.
+        fix_end: keep the end endpoint fixed.
+        optimizer: optimizer factory (the paper: SGD lr 0.01 momentum 0.9, no weight decay of its own).
+        scheduler: learning-rate scheduler factory (the paper's: `mcrobust.schedules.PaperSchedule`).
+        weight_decay: coefficient of the L2 penalty on w(t) (the paper: 1e-4).
+        val_t: the point measured by validation and test.
+        seed: seed of the per-step t draws.
+        eval_attack: optional attack for robust accuracy at val_t.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        start: str | None = None,
+        end: str | None = None,
+        kind: Literal["bezier", "polychain"] = "bezier",
+        num_bends: int = 3,
+        fix_start: bool = True,
+        fix_end: bool = True,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        scheduler: LRSchedulerCallable | None = None,
+        weight_decay: float = 1e-4,
+        val_t: float = 0.5,
+        seed: int = 0,
+        eval_attack: PGD | AutoAttack | None = None,
+    ) -> None:
+        super().__init__(net, optimizer, scheduler, eval_attack)
+        if not 0.0 <= val_t <= 1.0:
+            raise ConfigError(f"model.val_t must be in [0, 1], got {val_t}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        del self.net  # the template lives inside the curve; one copy of it in the state_dict
+        self.curve = CurveModel(net, kind=kind, num_bends=num_bends, fix_start=fix_start, fix_end=fix_end)
+        self.start, self.end = start, end
+        self.weight_decay, self.val_t, self.seed = weight_decay, val_t, seed
+        self.save_plain_hyperparameters()
+
+    def eval_model(self) -> nn.Module:
+        return self.curve.at(self.val_t)
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.ckpt_path is None:
+            self.load_endpoints(required=stage == "fit")
+        super().setup(stage)
+
+    def load_endpoints(self, required: bool) -> None:
+        """Read both endpoint files into the curve (bends in between start on the segment)."""
+        if not self.start or not self.end:
+            if required:
+                raise ConfigError("a new path needs both endpoints: set model.init_args.start and model.init_args.end")
+            return
+        template = self.curve.template
+        self.curve.set_endpoints(load_weights(self.start, template), load_weights(self.end, template))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        t = step_t(self.seed, self.global_step, self.global_rank)
+        weights = self.curve.weights(t)
+        logits = self.curve.run(x, weights)
+        loss = F.cross_entropy(logits, y)
+        self.log_step_metrics("train", logits, y, loss)
+        if self.weight_decay:
+            penalty = torch.stack([w.pow(2).sum() for w in weights.values()]).sum()
+            loss = loss + 0.5 * self.weight_decay * penalty
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self.recompute_bn_at_val_t()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self.recompute_bn_at_val_t()
+
+    def recompute_bn_at_val_t(self) -> None:
+        """BN statistics of the point at val_t, from the bonafide data (identical on every rank)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and datamodule.bonafide_index is not None:
+            recompute_bn(self.curve.at(self.val_t), datamodule.bn_dataloader(), device=self.device)
