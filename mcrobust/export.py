@@ -41,12 +41,13 @@ def export_point(
     if bn_loader is not None:
         recompute_bn(model, bn_loader)
     model.eval()
-    stem = Path(directory) / (name or f"repaired_t{t:.3f}")
+    stem = name or f"repaired_t{t:.3f}"
+    directory = Path(directory)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     paths = {
-        "pt": save_weights(state, stem.with_suffix(".pt")),
-        "safetensors": save_weights(state, stem.with_suffix(".safetensors")),
+        "pt": save_weights(state, directory / f"{stem}.pt"),
+        "safetensors": save_weights(state, directory / f"{stem}.safetensors"),
     }
     meta = {"t": t, "net": dict(config or net_config(curve.template)), "bn_recomputed": bn_loader is not None}
-    paths["config"] = write_json(stem.with_suffix(".json"), {**meta, **dict(extra or {})})
+    paths["config"] = write_json(directory / f"{stem}.json", {**meta, **dict(extra or {})})
     return paths

@@ -48,7 +48,9 @@ def write_cifar10(root: Path, per_batch: int = 20, test: int = 30, seed: int = 0
         images = _class_images(rng, labels)
         data = images.transpose(0, 3, 1, 2).reshape(count, 3072)  # R, G, B planes of 32x32
         with (folder / name).open("wb") as handle:
-            pickle.dump({"data": data, "labels": labels.tolist(), "filenames": [f"{i}.png" for i in range(count)]}, handle)
+            pickle.dump(
+                {"data": data, "labels": labels.tolist(), "filenames": [f"{i}.png" for i in range(count)]}, handle
+            )
     with (folder / "batches.meta").open("wb") as handle:
         pickle.dump({"label_names": ["airplane"] * 10}, handle)
     return root

@@ -18,7 +18,12 @@ FAST = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summar
 
 
 def fit_args(tmp_path: Path, epochs: int = 4) -> list[str]:
-    return ["fit", "--config", CONFIG, "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(tmp_path)]
+    return ["fit", "--config", CONFIG, "--trainer.max_epochs", str(epochs)] + log_to(tmp_path)
+
+
+def log_to(path: Path) -> list[str]:
+    """Keep test runs out of the repository's lightning_logs/."""
+    return ["--trainer.default_root_dir", str(path), "--trainer.logger.init_args.save_dir", str(path)]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def trained_run(tmp_path_factory):
 
 def test_fit_then_test_reaches_high_accuracy(trained_run):
     root, ckpt, _ = trained_run
-    cli = run_cli(["test", "--config", CONFIG, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(root)] + FAST)
+    cli = run_cli(["test", "--config", CONFIG, "--ckpt_path", str(ckpt)] + log_to(root) + FAST)
     metrics = cli.trainer.callback_metrics
     assert float(metrics["test/acc"]) > 0.9
     assert float(metrics["test/loss"]) < 0.5
@@ -63,7 +68,7 @@ def test_saved_config_reruns_as_is(trained_run, tmp_path):
     saved = log_dir / "config.yaml"
     config = yaml.safe_load(saved.read_text())
     assert config["model"]["class_path"] == "mcrobust.systems.EndpointSystem"
-    cli = run_cli(["validate", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path)] + FAST)
+    cli = run_cli(["validate", "--config", str(saved)] + log_to(tmp_path) + FAST)
     assert float(cli.trainer.callback_metrics["val/acc"]) > 0.05  # a fresh net, but the config is complete
 
 

@@ -15,6 +15,7 @@ CONFIG = str(ROOT / "configs/experiments/endpoint_digits_tiny.yaml")
 @pytest.mark.ddp
 def test_two_process_cpu_fit_trains_and_evaluates(tmp_path):
     args = ["fit", "--config", CONFIG, "--trainer.max_epochs", "6", "--trainer.default_root_dir", str(tmp_path)]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
     args += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     cli = run_cli(args)

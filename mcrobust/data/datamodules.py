@@ -151,7 +151,9 @@ class RobustDataModule(pl.LightningDataModule):
         if self.bonafide_indices_path:
             indices, _ = load_indices(self.bonafide_indices_path)
             if len(indices) and (indices.min() < 0 or indices.max() >= len(self.pool.labels)):
-                raise ConfigError(f"{self.bonafide_indices_path} has indices outside the pool of {len(self.pool.labels)}")
+                raise ConfigError(
+                    f"{self.bonafide_indices_path} has indices outside the pool of {len(self.pool.labels)}"
+                )
             return indices
         size = self.bonafide_size
         if size is None and self.bonafide_fraction is not None:

@@ -24,7 +24,7 @@ def test_digits_loaders_give_pixels_in_unit_range_with_indices():
     datamodule = make(batch_size=16)
     x, y, index = next(iter(datamodule.train_dataloader()))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and y.dtype == torch.long and index.dtype == torch.long
+    assert x.min() >= 0.0 and x.max() <= 1.0 and y.dtype == torch.long and index.dtype == torch.long
     assert datamodule.num_classes == 10 and len(datamodule.mean) == 3
     assert datamodule.eval_set_names() == ["clean"]
 

@@ -7,7 +7,14 @@ import pickle
 import numpy as np
 import pytest
 
-from mcrobust.data.sources import channel_statistics, load_cifar10, load_digits, load_image_folder, load_split, load_svhn
+from mcrobust.data.sources import (
+    channel_statistics,
+    load_cifar10,
+    load_digits,
+    load_image_folder,
+    load_split,
+    load_svhn,
+)
 from mcrobust.errors import ConfigError, DataError
 
 

@@ -1,0 +1,270 @@
+"""Shared helpers of the benchmarks: interleaved timing, machine info, tiny data and nets, JSON and tables.
+
+Every benchmark compares ours with a reference measured in the same run, candidates interleaved round by round
+(the order flips every round, ABBA), because the 2 shared CPU cores of the build machine vary up to 3x with load:
+only ratios measured side by side mean something (STYLE.md, Benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+# ------------------------------------------------------------------------------------------------ timing
+@dataclass
+class Timing:
+    """Seconds per call of one candidate over the timed rounds (warm-up excluded)."""
+
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        """First and third quartile (inclusive method; equal to the median for one sample)."""
+        if len(self.seconds) < 2:
+            return self.median, self.median
+        q = statistics.quantiles(self.seconds, n=4, method="inclusive")
+        return q[0], q[2]
+
+
+def time_interleaved(
+    candidates: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, Timing]:
+    """Time each candidate `repeats` times, interleaved: one call of each per round, the order reversed every round.
+
+    Interleaving exposes every candidate to the same load; reversing (ABBA) cancels a slow drift. `gc.collect()`
+    runs before each round, never inside a timed call.
+    """
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        gc.collect()
+        for name in names if round_ % 2 == 0 else reversed(names):
+            start = time.perf_counter()
+            candidates[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
+def paired_ratio(ours: Timing, reference: Timing) -> float:
+    """Median of the per-round ratios ours/reference: robust to load that changes between rounds."""
+    return statistics.median(a / b for a, b in zip(ours.seconds, reference.seconds, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class Row:
+    """One line of the results table: a ratio (or another number) of ours against a reference and its goal.
+
+    ``value`` is ours/reference for timings (median of paired per-round ratios), else the measured number
+    itself; ``goal`` is an upper bound on it (None: reported only).
+    """
+
+    bench: str
+    name: str
+    sizes: str
+    value: float
+    goal: float | None = None
+    repeats: int | None = None
+    ours: float | None = None  # median seconds
+    reference: float | None = None
+    ours_iqr: tuple[float, float] | None = None
+    reference_iqr: tuple[float, float] | None = None
+    unit: str = "x"
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.goal is None else bool(self.value <= self.goal)
+
+
+def timing_row(
+    bench: str, name: str, sizes: str, ours: Timing, reference: Timing, goal: float | None, note: str = ""
+) -> Row:
+    """A Row from two interleaved timings."""
+    return Row(
+        bench=bench,
+        name=name,
+        sizes=sizes,
+        value=paired_ratio(ours, reference),
+        goal=goal,
+        repeats=len(ours.seconds),
+        ours=ours.median,
+        reference=reference.median,
+        ours_iqr=ours.iqr,
+        reference_iqr=reference.iqr,
+        note=note,
+        extra={"ratio_of_medians": ours.median / reference.median},
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, load, Python and torch versions and threads: what a timing depends on."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+    }
+
+
+def write_json(name: str, rows: Sequence[Row], settings: Mapping[str, Any] | None = None) -> Path:
+    """Write ``benchmarks/out/<name>.json`` with the machine, the settings and every row; return its path."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    payload = {
+        "machine": machine_info(),
+        "settings": dict(settings or {}),
+        "rows": [asdict(row) | {"met": row.met} for row in rows],
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return f"{value:.3g}"
+
+
+def table(rows: Sequence[Row], markdown: bool = False) -> str:
+    """Rows as a fixed-width text table (or a Markdown table): name, sizes, repeats, medians, ratio, goal, met."""
+    header = ["bench", "name", "sizes", "repeats", "median ours", "median reference", "ratio/value", "goal", "met?"]
+    lines = [
+        [
+            row.bench,
+            row.name,
+            row.sizes,
+            "-" if row.repeats is None else str(row.repeats),
+            _number(row.ours, "s"),
+            _number(row.reference, "s"),
+            _number(row.value) + (row.unit if row.unit == "x" and row.ours is not None else ""),
+            "-" if row.goal is None else f"<= {row.goal:g}",
+            {None: "-", True: "yes", False: "NO"}[row.met],
+        ]
+        for row in rows
+    ]
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in lines])
+
+
+def machine_line(info: Mapping[str, Any]) -> str:
+    """One line naming the machine, for printed tables and results.md."""
+    return (
+        f"{info['date']} | {info['cpu']}, {info['usable_cores']} of {info['cores']} cores, load {info['load_avg_1m']}"
+        f" | Python {info['python']} | torch {info['torch']}, {info['torch_threads']} threads"
+    )
+
+
+def report(name: str, rows: Sequence[Row], settings: Mapping[str, Any] | None = None) -> None:
+    """Print the table and the machine line, and write the JSON."""
+    print(machine_line(machine_info()))
+    print(table(rows))
+    for row in rows:
+        if row.note:
+            print(f"  {row.name}: {row.note}")
+    print(f"wrote {write_json(name, rows, settings)}")
+
+
+def parse_quick(description: str) -> bool:
+    """Command line of every benchmark: `--quick` for fewer repeats and smaller batches."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller batches and fewer repeats (a smoke run)")
+    return bool(parser.parse_args().quick)
+
+
+# ------------------------------------------------------------------------------------------------ data and nets
+def digits(split: str = "train") -> tuple[Tensor, Tensor, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """scikit-learn digits as the package embeds them (32x32x3): images float [N,3,32,32] in [0,1], labels, stats."""
+    from mcrobust.data.sources import channel_statistics, load_digits
+
+    data = load_digits(split)
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return x, torch.from_numpy(data.labels), channel_statistics(load_digits("train").images)
+
+
+def trained_tiny(seed: int = 0, epochs: int = 4) -> nn.Module:
+    """TinyNet trained on the digits with plain torch (5-30 s on 2 shared cores), cached under benchmarks/out/."""
+    from mcrobust.nets import create_net, find_normalize
+
+    x, y, (mean, std) = digits("train")
+    torch.manual_seed(seed)
+    net = create_net("tiny", num_classes=10)
+    normalize = find_normalize(net)
+    assert normalize is not None
+    normalize.set_statistics(mean, std)
+    cache = OUT / f"tiny_digits_seed{seed}_epochs{epochs}.pt"
+    if cache.exists():
+        net.load_state_dict(torch.load(cache, weights_only=True))
+        return net.eval()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    net.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(128):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x[batch]), y[batch]).backward()
+            optimizer.step()
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), cache)
+    return net.eval()
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Fraction of correct predictions, model in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def run_main(name: str, run: Callable[[bool], tuple[list[Row], dict[str, Any]]], description: str) -> None:
+    """What every benchmark's main() does: parse --quick, run, print and write the JSON."""
+    quick = parse_quick(description)
+    rows, settings = run(quick)
+    report(name, rows, settings | {"quick": quick, "argv": sys.argv[1:]})

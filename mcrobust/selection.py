@@ -1,0 +1,95 @@
+"""Choose the t to export without looking at the trigger: held-out bonafide accuracy only (Zhao et al. 2020, §4).
+
+The defender knows neither the trigger nor the injected images, so the choice may use only clean data it owns. Along
+a repaired path the attack dies a short distance from each endpoint while clean accuracy stays near the endpoints',
+so the rule prefers the point farthest from both tampered models (t = 0.5) among those whose held-out accuracy is
+about as good as the best interior point's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcrobust.errors import ConfigError
+
+__all__ = ["SelectionResult", "select_t"]
+
+# |t - target| is compared after rounding, so grid points equally far from the target tie despite float error
+# (0.6 - 0.5 != 0.5 - 0.4 in binary floating point).
+_DISTANCE_DIGITS = 9
+# Slack on the tolerance, so "within 0.02" includes a value exactly 0.02 below the best despite float error.
+_SLACK = 1e-12
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """The chosen t, the rule that chose it (one sentence for ``path_summary.json``) and the admissible grid points.
+
+    Attributes:
+        t: the chosen point of the path.
+        rule: how it was chosen, in words, with the numbers used.
+        candidates: interior t whose value is within the tolerance of the best (the explicit t alone when given).
+    """
+
+    t: float
+    rule: str
+    candidates: tuple[float, ...]
+
+
+def _interior_values(rows: Sequence[Mapping[str, Any]], column: str) -> list[tuple[float, float]]:
+    """(t, value) of the interior rows (0 < t < 1) with a finite value, or a ConfigError saying what is missing."""
+    if any("t" not in row for row in rows):
+        raise ConfigError("every row of a path table needs a 't'")
+    if not any(column in row for row in rows):
+        present = sorted({name for row in rows for name in row} - {"t"})
+        raise ConfigError(f"cannot select t: no column {column!r} in the path table (it has {', '.join(present)})")
+    pairs = []
+    for row in rows:
+        t, value = float(row["t"]), row.get(column)
+        if 0 < t < 1 and value is not None and math.isfinite(float(value)):
+            pairs.append((t, float(value)))
+    if not pairs:
+        raise ConfigError(f"cannot select t: no interior grid point (0 < t < 1) has a value of {column!r}")
+    return pairs
+
+
+def select_t(
+    rows: Sequence[Mapping[str, Any]],
+    column: str = "holdout_acc",
+    tolerance: float = 0.02,
+    target: float = 0.5,
+    explicit: float | None = None,
+) -> SelectionResult:
+    """Pick the interior grid point closest to ``target`` whose ``column`` is within ``tolerance`` of the best.
+
+    Never t=0 or t=1: those are the tampered models themselves. Ties go to the smaller |t - target|, then the
+    smaller t. ``column`` must be measured on bonafide data held out from path training (never the triggered set).
+
+    Args:
+        rows: the path table, one row per t (``{"t": ..., column: ...}``); unused when ``explicit`` is given.
+        column: higher-is-better column measured on held-out bonafide data.
+        tolerance: how far below the best interior value a point may be and still qualify (absolute, a fraction).
+        target: the preferred t; 0.5 is farthest from both endpoints.
+        explicit: a t chosen by the user, in [0, 1]; returned as is, bypassing the rule.
+    """
+    if explicit is not None:
+        if not (math.isfinite(explicit) and 0 <= explicit <= 1):
+            raise ConfigError(f"an explicit t must lie in [0, 1], got {explicit}")
+        return SelectionResult(float(explicit), f"explicit t = {explicit:g}, set by the user", (float(explicit),))
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(f"selection tolerance must be >= 0, got {tolerance}")
+    if not (math.isfinite(target) and 0 <= target <= 1):
+        raise ConfigError(f"selection target must lie in [0, 1], got {target}")
+    pairs = _interior_values(rows, column)
+    best = max(value for _, value in pairs)
+    candidates = sorted(t for t, value in pairs if value >= best - tolerance - _SLACK)
+    chosen = min(candidates, key=lambda t: (round(abs(t - target), _DISTANCE_DIGITS), t))
+    rule = (
+        f"among interior grid points (0 < t < 1), the t closest to {target:g} whose {column} is within "
+        f"{tolerance:g} of the best interior {column} ({best:.4f}); ties go to the smaller |t - {target:g}|, "
+        "then the smaller t"
+    )
+    return SelectionResult(chosen, rule, tuple(candidates))
