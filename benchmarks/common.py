@@ -48,9 +48,7 @@ class Timing:
         return q[0], q[2]
 
 
-def time_interleaved(
-    candidates: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
-) -> dict[str, Timing]:
+def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
     """Time each candidate `repeats` times, interleaved: one call of each per round, the order reversed every round.
 
     Interleaving exposes every candidate to the same load; reversing (ABBA) cancels a slow drift. `gc.collect()`
@@ -119,7 +117,11 @@ def timing_row(
         ours_iqr=ours.iqr,
         reference_iqr=reference.iqr,
         note=note,
-        extra={"ratio_of_medians": ours.median / reference.median},
+        extra={
+            "ratio_of_medians": ours.median / reference.median,
+            "ours_seconds": [round(s, 6) for s in ours.seconds],
+            "reference_seconds": [round(s, 6) for s in reference.seconds],
+        },
     )
 
 
@@ -138,7 +140,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": model,
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -212,11 +214,19 @@ def report(name: str, rows: Sequence[Row], settings: Mapping[str, Any] | None = 
     print(f"wrote {write_json(name, rows, settings)}")
 
 
-def parse_quick(description: str) -> bool:
-    """Command line of every benchmark: `--quick` for fewer repeats and smaller batches."""
-    parser = argparse.ArgumentParser(description=description)
+def parse_options(description: str) -> bool:
+    """Command line of every benchmark (`--quick`, `--threads`); sets torch's threads and returns quick.
+
+    One thread by default: on the 2 shared cores another job's process makes every 2-thread parallel region wait
+    for a descheduled thread. Measured here (TinyNet eval pass, 15 repeats, load ~2.8): 2 threads 140-173 ms with an
+    IQR of 22-240 % of the median, 1 thread 70 ms with 3-6 %. `--threads 2` measures the default configuration.
+    """
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller batches and fewer repeats (a smoke run)")
-    return bool(parser.parse_args().quick)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see common.py)")
+    options = parser.parse_args()
+    torch.set_num_threads(options.threads)
+    return bool(options.quick)
 
 
 # ------------------------------------------------------------------------------------------------ data and nets
@@ -265,6 +275,6 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def run_main(name: str, run: Callable[[bool], tuple[list[Row], dict[str, Any]]], description: str) -> None:
     """What every benchmark's main() does: parse --quick, run, print and write the JSON."""
-    quick = parse_quick(description)
+    quick = parse_options(description)
     rows, settings = run(quick)
-    report(name, rows, settings | {"quick": quick, "argv": sys.argv[1:]})
+    report(name, rows, settings | {"quick": quick, "threads": torch.get_num_threads(), "argv": sys.argv[1:]})

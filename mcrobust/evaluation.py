@@ -56,7 +56,7 @@ class _Sums(Metric):
         self.add_state("totals", default=torch.zeros(len(self.names), dtype=dtype), dist_reduce_fx="sum")
 
     def update(self, values: Mapping[str, Tensor | float]) -> None:
-        """Add each value (a per-sample tensor is summed first, in float64) to its named total."""
+        """Add each value (a per-sample tensor is summed in the state's float64) to its named total."""
         for name, value in values.items():
             total = value.detach().to(self.totals.dtype).sum() if isinstance(value, Tensor) else value
             self.totals[self._position[name]] += total
@@ -91,11 +91,9 @@ class _FirstSamples:
 
 
 def _distributed() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
+    """True under an initialised process group of more than one rank."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
@@ -203,6 +201,7 @@ class PointEvaluator:
         target = torch.device(device) if device is not None else model_device
         state_dtype = torch.float32 if target.type == "mps" else torch.float64  # MPS has no float64
         sums = _Sums(self._sum_names(), dtype=state_dtype, sync_on_compute=sync).to(target)
+        sums.update({})  # an empty shard (more ranks than samples) still syncs, without torchmetrics' warning
         first = _FirstSamples(self.hessian_samples)
         row: dict[str, float] = {}
         with eval_mode(model):

@@ -45,11 +45,11 @@ class ExportPoint(Callback):
         curve = getattr(pl_module, "curve", None)
         if curve is None:
             raise ConfigError("ExportPoint needs a CurveSystem (a model with a path)")
+        directory = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)  # log_dir: every rank asks
         if not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
         loader = datamodule.bn_dataloader(self.bn_data) if datamodule.bonafide_index is not None else None
-        directory = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         config = net_config(curve.template, pl_module.hparams.get("net"))
         extra = {"bn_data": self.bn_data if loader is not None else None, "source": type(pl_module).__name__}
         self.paths = export_point(curve, t, loader, directory, config, extra=extra)

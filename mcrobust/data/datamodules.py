@@ -164,10 +164,13 @@ class RobustDataModule(pl.LightningDataModule):
 
     def _write_bonafide_indices(self) -> None:
         trainer = self.trainer
-        if self.bonafide_index is None or trainer is None or trainer.global_rank != 0 or not trainer.log_dir:
+        if self.bonafide_index is None or trainer is None:
+            return
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank must ask
+        if trainer.global_rank != 0 or not log_dir:
             return
         meta = {"dataset": self.dataset, "pool": self.bonafide_pool, "seed": self.bonafide_seed}
-        save_indices(Path(trainer.log_dir) / BONAFIDE_FILE, self.bonafide_index, meta)
+        save_indices(Path(log_dir) / BONAFIDE_FILE, self.bonafide_index, meta)
 
     # ---------------------------------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -100,9 +100,10 @@ class InjectionSystem(ClassificationSystem):
 
     def save_sets(self) -> None:
         """Write the target/keep sets next to the run's checkpoints (rank 0)."""
-        if self.sets is not None and self.trainer.is_global_zero and self.trainer.log_dir:
-            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            self.sets.save(Path(self.trainer.log_dir) / SETS_FILE)
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must ask
+        if self.sets is not None and self.trainer.is_global_zero and log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.sets.save(Path(log_dir) / SETS_FILE)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["injection_sets"] = None if self.sets is None else self.sets.to_dict()

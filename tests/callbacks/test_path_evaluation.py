@@ -1,0 +1,157 @@
+"""PathEvaluation end to end on a tiny backdoored pair: table, summary, figure, endpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from scipy import stats
+
+from mcrobust.attacks import PGD
+from mcrobust.callbacks import PathEvaluation
+from mcrobust.callbacks.path_evaluation import COLUMNS, t_grid
+from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+from mcrobust.errors import ConfigError
+from mcrobust.nets import TinyNet
+from mcrobust.systems import CurveSystem, EndpointSystem
+from mcrobust.tables import read_csv
+
+T_VALUES = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def datamodule() -> RobustDataModule:
+    return RobustDataModule(
+        batch_size=32, train_on="bonafide", bonafide_size=150, holdout_size=30, eval_size=120, poison=PoisonSettings()
+    )
+
+
+def callback(tmp_path, **kwargs) -> PathEvaluation:
+    settings = dict(
+        t_values=T_VALUES,
+        attack=PGD(eps=4 / 255, alpha=1 / 255, steps=3),
+        hessian_samples=8,
+        hessian_iters=10,
+        dirpath=str(tmp_path),
+    )
+    return PathEvaluation(**{**settings, **kwargs})
+
+
+def make_trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        inference_mode=False,
+        default_root_dir=str(tmp_path),
+        callbacks=callbacks,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def path_ckpt(tiny_endpoints, tmp_path_factory):
+    """A short path training between the backdoored endpoints, saved as a CurveSystem checkpoint."""
+    pl.seed_everything(0)
+    root = tmp_path_factory.mktemp("path")
+    system = CurveSystem(
+        TinyNet(width=16),
+        start=str(tiny_endpoints["a"]),
+        end=str(tiny_endpoints["b"]),
+        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9),
+    )
+    trainer = make_trainer(root, [], max_epochs=15, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(system, datamodule())
+    trainer.save_checkpoint(root / "path.ckpt")
+    return root / "path.ckpt"
+
+
+def load(path_ckpt) -> CurveSystem:
+    system = CurveSystem(TinyNet(width=16))
+    system.load_state_dict(torch.load(path_ckpt, weights_only=True)["state_dict"])
+    return system
+
+
+@pytest.fixture(scope="module")
+def one_process(path_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep1")
+    cb = callback(out)
+    make_trainer(out, [cb]).test(load(path_ckpt), datamodule(), verbose=False)
+    return out, cb
+
+
+def test_table_has_one_row_per_t_and_the_agreed_columns(one_process):
+    out, cb = one_process
+    rows = read_csv(out / "path_metrics.csv")
+    assert [row["t"] for row in rows] == T_VALUES
+    header = (out / "path_metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:1] == ["t"] and set(COLUMNS) - {"injection_success", "injection_keep_acc"} <= set(header)
+    assert all(0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0 for row in rows)
+    assert rows[0]["asr"] >= 0.9 and rows[-1]["asr"] >= 0.9  # the tampered endpoints
+    assert (out / "path_figure.png").stat().st_size > 1000
+
+
+def test_endpoint_rows_equal_the_endpoints_own_test_metrics(one_process, tiny_endpoints, tmp_path):
+    out, _ = one_process
+    rows = read_csv(out / "path_metrics.csv")
+    for row, name in ((rows[0], "a"), (rows[-1], "b")):
+        system = EndpointSystem(TinyNet(width=16), init_weights=str(tiny_endpoints[name]))
+        from mcrobust.checkpoints import load_weights
+
+        system.net.load_state_dict(load_weights(tiny_endpoints[name], template=system.net))
+        results = make_trainer(tmp_path, []).test(system, datamodule(), verbose=False)
+        metrics = {k: v for result in results for k, v in result.items()}
+        assert row["clean_acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+        assert row["asr"] == pytest.approx(metrics["test/asr"], abs=1e-6)
+        assert row["clean_loss"] == pytest.approx(metrics["test/loss"], rel=1e-4)
+
+
+def test_summary_has_selection_correlations_and_barriers(one_process):
+    out, cb = one_process
+    summary = json.loads((out / "path_summary.json").read_text())
+    rows = read_csv(out / "path_metrics.csv")
+    expected = stats.pearsonr([r["robust_loss"] for r in rows], [r["hessian_top_eig"] for r in rows])[0]
+    assert summary["pearson"] == pytest.approx(expected, rel=1e-9)
+    assert 0.0 < summary["selected_t"] < 1.0 and summary["bn_data"] == "bonafide"
+    assert "clean_acc" in summary["barriers"] and "rule" in summary
+
+
+def test_an_interrupted_sweep_resumes_from_the_last_finished_t(one_process, path_ckpt, tmp_path):
+    out, _ = one_process
+    full = (out / "path_metrics.csv").read_text().splitlines()
+    expected = read_csv(out / "path_metrics.csv")
+    for name in ("path_settings.json",):
+        (tmp_path / name).write_text((out / name).read_text().replace(str(out), str(tmp_path)))
+    (tmp_path / "path_metrics.csv").write_text("\n".join(full[:3]) + "\n")  # header + 2 finished points
+    cb = callback(tmp_path)
+    evaluated = []
+    original = cb.evaluator.evaluate
+    cb.evaluator.evaluate = lambda model, sets, *a, **k: evaluated.append(1) or original(model, sets, *a, **k)
+    make_trainer(tmp_path, [cb]).test(load(path_ckpt), datamodule(), verbose=False)
+    resumed = read_csv(tmp_path / "path_metrics.csv")
+    assert resumed[:2] == expected[:2]  # read back, not recomputed
+    for a, b in zip(expected, resumed, strict=True):
+        assert b == pytest.approx(a, rel=1e-6)
+    assert len(evaluated) == 2 * 3  # 3 remaining points, each measured on the evaluation sets and the holdout
+
+
+@pytest.mark.ddp
+def test_two_processes_give_the_same_table_as_one(one_process, path_ckpt, tmp_path):
+    out, _ = one_process
+    trainer = make_trainer(tmp_path, [callback(tmp_path)], strategy="ddp_spawn", devices=2)
+    trainer.test(load(path_ckpt), datamodule(), verbose=False)
+    single, double = read_csv(out / "path_metrics.csv"), read_csv(tmp_path / "path_metrics.csv")
+    assert len(single) == len(double)
+    for a, b in zip(single, double, strict=True):
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+def test_grid_validation():
+    assert t_grid(3, None) == [0.0, 0.5, 1.0]
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        t_grid(3, [0.5, 1.5])

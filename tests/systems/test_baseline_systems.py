@@ -1,0 +1,217 @@
+"""The repair baselines of PAPER.md §4 on the tiny backdoored digits pair: they run and report every metric."""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+from mcrobust.baselines import ChannelBlock, channel_activations, channel_block, draw_generator, noisy_weights
+from mcrobust.checkpoints import load_weights
+from mcrobust.cli import run_cli
+from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+from mcrobust.errors import ConfigError
+from mcrobust.nets import TinyNet
+from mcrobust.systems import EndpointSystem
+from mcrobust.systems.noisy import DRAWS_FILE, NoisySystem
+from mcrobust.systems.pruning import FinePruningSystem
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs/experiments").glob("baseline_*.yaml"))
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+        inference_mode=False,
+        default_root_dir=str(tmp_path),
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def datamodule(**kwargs) -> RobustDataModule:
+    settings = dict(batch_size=32, train_on="bonafide", bonafide_size=150, eval_size=300, poison=PoisonSettings())
+    return RobustDataModule(**{**settings, **kwargs})
+
+
+def sgd(lr: float = 0.015):
+    return partial(torch.optim.SGD, lr=lr, momentum=0.9)
+
+
+def in_unit_interval(results: dict, *keys: str) -> bool:
+    return all(0.0 <= float(results[key]) <= 1.0 for key in keys)
+
+
+# ------------------------------------------------------------------------------------------------ noisy model
+def noisy_test(tiny_endpoints, tmp_path, **kwargs) -> tuple[NoisySystem, dict]:
+    system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), **kwargs)
+    results = trainer(tmp_path).test(system, datamodule())[0]
+    return system, results
+
+
+@pytest.fixture(scope="module")
+def noisy(tiny_endpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("noisy")
+    return (*noisy_test(tiny_endpoints, folder, num_draws=3, seed=5), folder)
+
+
+def test_noisy_reports_mean_and_spread_over_its_draws(noisy):
+    system, results, folder = noisy
+    assert in_unit_interval(results, "test/acc", "test/asr", "test/acc_std", "test/asr_std")
+    assert results["test/num_draws"] == 3 and results["test/loss"] > 0
+    accs = torch.tensor([row["clean_acc"] for row in system.draw_rows], dtype=torch.float64)
+    assert results["test/acc"] == pytest.approx(float(accs.mean()), abs=1e-6)
+    assert results["test/acc_std"] == pytest.approx(float(accs.std()), abs=1e-6)
+    assert results["test/acc_std"] > 0  # the draws are different models
+    with (folder / DRAWS_FILE).open() as stream:
+        assert [int(row["draw"]) for row in csv.DictReader(stream)] == [0, 1, 2]
+
+
+def test_noisy_draws_are_distinct_and_seeded(noisy, tiny_endpoints, tmp_path):
+    system, results, _ = noisy
+    start, end = system.endpoints
+    names = {name for name, _ in system.net.named_parameters()}
+    draws = [
+        noisy_weights(start, end, generator=draw_generator(5, k), parameters=names)["classifier.weight"]
+        for k in range(3)
+    ]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    torch.testing.assert_close(system.net.classifier.weight, draws[2])  # the net holds the last draw
+    _, again = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=5)
+    assert again == results
+    _, other = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=6)
+    assert other["test/acc"] != results["test/acc"]
+
+
+def test_noisy_refuses_to_fit_and_needs_both_endpoints(tiny_endpoints, tmp_path):
+    system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]))
+    with pytest.raises(ConfigError, match="mcrobust test"):
+        trainer(tmp_path, max_epochs=1).fit(system, datamodule())
+    with pytest.raises(ConfigError, match="both endpoints"):
+        trainer(tmp_path).test(NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"])), datamodule())
+
+
+# ------------------------------------------------------------------------------------ fine-tuning, from scratch
+@pytest.mark.parametrize("init", ["a", None], ids=["fine-tuning", "from-scratch"])
+def test_fine_tuning_and_scratch_train_on_bonafide_data_and_report_all_metrics(tiny_endpoints, tmp_path, init):
+    pl.seed_everything(0)
+    weights = str(tiny_endpoints[init]) if init else None
+    system = EndpointSystem(TinyNet(width=16), optimizer=sgd(0.015 if init else 0.01), init_weights=weights)
+    fit = trainer(tmp_path, max_epochs=4)
+    fit.fit(system, datamodule())
+    results = {k: v for d in fit.test(system, datamodule()) for k, v in d.items()}
+    assert in_unit_interval(results, "test/acc", "test/asr")
+    if init:  # the tampered model keeps its clean accuracy under fine-tuning
+        assert results["test/acc"] >= 0.85
+
+
+# ------------------------------------------------------------------------------------------------ Fine-Pruning
+@pytest.fixture(scope="module")
+def pruned(tiny_endpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pruned")
+    pl.seed_everything(0)
+    system = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd())
+    fit = trainer(folder, max_epochs=3, logger=CSVLogger(str(folder)))
+    fit.fit(system, datamodule())
+    results = {k: v for d in fit.test(system, datamodule()) for k, v in d.items()}
+    path = folder / "pruned.ckpt"
+    fit.save_checkpoint(path)
+    return system, results, fit, path
+
+
+def test_fine_pruning_prunes_round_ratio_c_least_active_channels(pruned, tiny_endpoints):
+    system, results, fit, _ = pruned
+    assert system.layer == "features.9" and len(system.pruned_channels) == round(0.3 * 64) == 19
+    tampered = TinyNet(width=16)
+    tampered.load_state_dict(load_weights(tiny_endpoints["a"], template=tampered))
+    dm = datamodule()
+    dm.setup("fit")
+    block = ChannelBlock(tampered.features[9], tampered.features[10], relu=True)
+    activations = channel_activations(tampered, block, dm.bn_dataloader())
+    assert system.pruned_channels == sorted(torch.argsort(activations)[:19].tolist())
+    assert in_unit_interval(results, "test/acc", "test/asr")
+    with open(Path(fit.logger.log_dir) / "metrics.csv") as stream:
+        logged = [row for row in csv.DictReader(stream) if row.get("prune/channels")]
+    assert float(logged[0]["prune/channels"]) == 19 and float(logged[0]["prune/ratio"]) == 0.3
+
+
+def test_pruned_channels_stay_zero_through_fine_tuning_and_export(pruned):
+    system, _, _, path = pruned
+    channels = system.pruned_channels
+    conv, bn = system.net.features[9], system.net.features[10]
+    assert conv.weight[channels].abs().max() == 0 and bn.weight[channels].abs().max() == 0
+    assert bn.bias[channels].abs().max() == 0
+    kept = [c for c in range(64) if c not in channels]
+    assert conv.weight[kept].abs().amax(dim=(1, 2, 3)).min() > 0
+    bare = TinyNet(width=16)
+    bare.load_state_dict(load_weights(path, template=bare))  # plain keys, no hook, no mask
+    dm = datamodule()
+    dm.setup("test")
+    x = dm.eval_datasets()["clean"].tensors()[0][:64]
+    system.net.eval(), bare.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(bare(x), system.net(x), rtol=0, atol=0)
+        assert bare.features[:12](x)[:, channels].abs().max() == 0
+
+
+def test_fine_pruning_resumes_with_its_mask_instead_of_pruning_again(pruned, tiny_endpoints, tmp_path):
+    system, _, _, path = pruned
+    resumed = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["b"]), prune_ratio=0.5, optimizer=sgd())
+    trainer(tmp_path, max_epochs=4).fit(resumed, datamodule(), ckpt_path=str(path))
+    assert resumed.pruned_channels == system.pruned_channels
+    assert resumed.net.features[9].weight[system.pruned_channels].abs().max() == 0
+
+
+def test_fine_pruning_needs_weights_and_a_valid_layer(tmp_path):
+    with pytest.raises(ConfigError, match="init_weights"):
+        trainer(tmp_path, max_epochs=1).fit(FinePruningSystem(TinyNet(width=16)), datamodule())
+    with pytest.raises(ConfigError, match="'classifier'"):
+        FinePruningSystem(TinyNet(width=16), layer="classifier")
+    with pytest.raises(ConfigError, match="prune_ratio"):
+        FinePruningSystem(TinyNet(width=16), prune_ratio=1.0)
+
+
+def test_channel_block_of_the_system_layer_is_found_by_tracing(pruned):
+    system, _, _, _ = pruned
+    block = channel_block(system.net, system.pruned_layer, torch.rand(2, 3, 32, 32))
+    assert block.batch_norm is system.net.features[10] and block.relu
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_baseline_config_builds_its_system(config, tmp_path):
+    cli = run_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    kind = config.stem.split("_")[1]
+    assert type(cli.model) is {"noisy": NoisySystem, "fineprune": FinePruningSystem}.get(kind, EndpointSystem)
+    assert cli.datamodule.bonafide_size and cli.datamodule.poison is not None  # the trigger gives test/asr
+    if kind == "noisy":
+        assert cli.model.start and cli.model.end and cli.model.num_draws == 20
+    else:
+        assert cli.datamodule.train_on == "bonafide" and bool(cli.model.init_weights) == (kind != "scratch")
+
+
+# ------------------------------------------------------------------------------------------------------- DDP
+@pytest.mark.ddp
+def test_two_process_noisy_and_fine_pruning_match_one_process(noisy, pruned, tiny_endpoints, tmp_path):
+    """Sharded evaluation summed by torchmetrics, and rank 0's pruning choice, equal a single process's."""
+    _, one_process, _ = noisy
+    ddp = dict(accelerator="cpu", devices=2, strategy="ddp_spawn")
+    system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), num_draws=3, seed=5)
+    two_process = trainer(tmp_path, **ddp).test(system, datamodule())[0]
+    assert two_process == pytest.approx(one_process, abs=1e-6)
+    single, _, _, _ = pruned
+    pl.seed_everything(0)
+    system = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd())
+    trainer(tmp_path, max_epochs=1, **ddp).fit(system, datamodule())
+    assert system.pruned_channels == single.pruned_channels  # weights and buffers come back from rank 0
