@@ -23,6 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: setup
 	$(PY) scripts/demo.py
 
+demo-robustness: setup
+	$(PY) scripts/demo_robustness.py
+
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -113,7 +113,8 @@ class CurveSystem(ClassificationSystem):
         self.recompute_bn_at_val_t()
 
     def recompute_bn_at_val_t(self) -> None:
-        """BN statistics of the point at val_t, from the bonafide data (identical on every rank)."""
+        """BN statistics of the point at val_t from the bonafide data, else the clean training split (every rank)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and datamodule.bonafide_index is not None:
-            recompute_bn(self.curve.at(self.val_t), datamodule.bn_dataloader(), device=self.device)
+        if datamodule is not None and hasattr(datamodule, "bn_dataloader"):
+            source = "bonafide" if datamodule.bonafide_index is not None else "train"
+            recompute_bn(self.curve.at(self.val_t), datamodule.bn_dataloader(source), device=self.device)

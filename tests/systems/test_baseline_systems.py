@@ -202,16 +202,22 @@ def test_every_baseline_config_builds_its_system(config, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------- DDP
+DDP = dict(accelerator="cpu", devices=2, strategy="ddp_spawn")
+
+
 @pytest.mark.ddp
-def test_two_process_noisy_and_fine_pruning_match_one_process(noisy, pruned, tiny_endpoints, tmp_path):
-    """Sharded evaluation summed by torchmetrics, and rank 0's pruning choice, equal a single process's."""
+def test_two_process_noisy_evaluation_equals_one_process(noisy, tiny_endpoints, tmp_path):
+    """Every rank draws the same weights and recomputes BN on all bonafide data; torchmetrics sums the shards."""
     _, one_process, _ = noisy
-    ddp = dict(accelerator="cpu", devices=2, strategy="ddp_spawn")
     system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), num_draws=3, seed=5)
-    two_process = trainer(tmp_path, **ddp).test(system, datamodule())[0]
+    two_process = trainer(tmp_path, **DDP).test(system, datamodule())[0]
     assert two_process == pytest.approx(one_process, abs=1e-6)
+
+
+@pytest.mark.ddp
+def test_two_process_fine_pruning_prunes_the_same_channels(pruned, tiny_endpoints, tmp_path):
     single, _, _, _ = pruned
     pl.seed_everything(0)
     system = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd())
-    trainer(tmp_path, max_epochs=1, **ddp).fit(system, datamodule())
+    trainer(tmp_path, max_epochs=1, **DDP).fit(system, datamodule())
     assert system.pruned_channels == single.pruned_channels  # weights and buffers come back from rank 0
