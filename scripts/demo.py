@@ -73,26 +73,64 @@ def main() -> None:
 
     print("1/5 two backdoored endpoints (10% of non-target digits carry a 3x3 patch, target label 1)")
     run_parallel(
-        [(["fit", "--config", backdoor, "--seed_everything", str(seed), *endpoint_epochs], name) for seed, name in
-         ((1, "backdoor_a"), (2, "backdoor_b"))],
+        [
+            (["fit", "--config", backdoor, "--seed_everything", str(seed), *endpoint_epochs], name)
+            for seed, name in ((1, "backdoor_a"), (2, "backdoor_b"))
+        ],
         out,
     )
     a, b = (out / name / "checkpoints" / "last.ckpt" for name in ("backdoor_a", "backdoor_b"))
     print("2/5 a Bezier path between them, trained on the bonafide subset only")
-    mcrobust(["fit", "--config", repair, "--model.init_args.start", str(a), "--model.init_args.end", str(b),
-              *path_epochs], out, "path")
+    mcrobust(
+        ["fit", "--config", repair, "--model.init_args.start", str(a), "--model.init_args.end", str(b), *path_epochs],
+        out,
+        "path",
+    )
     print("3/5 evaluate 11 points, choose t on held-out bonafide data, export the repaired model")
-    mcrobust(["test", "--config", repair, "--ckpt_path", str(out / "path" / "checkpoints" / "last.ckpt")], out,
-             "path_test", show=("|", "Path evaluation", "selected t", "ExportPoint"))
+    mcrobust(
+        ["test", "--config", repair, "--ckpt_path", str(out / "path" / "checkpoints" / "last.ckpt")],
+        out,
+        "path_test",
+        show=("|", "Path evaluation", "selected t", "ExportPoint"),
+    )
     print("4/5 baseline: fine-tune backdoored model A on the same bonafide subset")
     indices = str(out / "path" / "bonafide_indices.json")
-    mcrobust(["fit", "--config", finetune, "--model.init_args.init_weights", str(a),
-              "--data.bonafide_indices_path", indices], out, "finetune")
-    mcrobust(["test", "--config", finetune, "--ckpt_path", str(out / "finetune" / "checkpoints" / "last.ckpt"),
-              "--data.bonafide_indices_path", indices], out, "finetune_test")
+    mcrobust(
+        [
+            "fit",
+            "--config",
+            finetune,
+            "--model.init_args.init_weights",
+            str(a),
+            "--data.bonafide_indices_path",
+            indices,
+        ],
+        out,
+        "finetune",
+    )
+    mcrobust(
+        [
+            "test",
+            "--config",
+            finetune,
+            "--ckpt_path",
+            str(out / "finetune" / "checkpoints" / "last.ckpt"),
+            "--data.bonafide_indices_path",
+            indices,
+        ],
+        out,
+        "finetune_test",
+    )
     print("5/5 comparison")
-    report = [sys.executable, "-m", "mcrobust.report", str(out / "path_test"), str(out / "finetune_test"),
-              "--out", str(out)]
+    report = [
+        sys.executable,
+        "-m",
+        "mcrobust.report",
+        str(out / "path_test"),
+        str(out / "finetune_test"),
+        "--out",
+        str(out),
+    ]
     subprocess.run(report, cwd=ROOT, check=True)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; figure: {out / 'path_test' / 'path_figure.png'}")
     print(f"TensorBoard: tensorboard --logdir {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")

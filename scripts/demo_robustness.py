@@ -12,7 +12,6 @@ import argparse
 import json
 import shutil
 import time
-from pathlib import Path
 
 from demo import EXPERIMENTS, ROOT, mcrobust, run_parallel
 
@@ -31,21 +30,41 @@ def main() -> None:
     regular, robust = EXPERIMENTS / "endpoint_digits_tiny.yaml", EXPERIMENTS / "adversarial_digits_tiny.yaml"
     path_config = str(EXPERIMENTS / "robustness_path_digits_tiny.yaml")
     print("1/3 a regular and a PGD-AT (eps 32/255) tiny digits net")
-    run_parallel([(["fit", "--config", str(regular), *epochs], "regular"), (["fit", "--config", str(robust), *epochs],
-                                                                             "robust")], out)
+    run_parallel(
+        [
+            (["fit", "--config", str(regular), *epochs], "regular"),
+            (["fit", "--config", str(robust), *epochs], "robust"),
+        ],
+        out,
+    )
     a, b = (out / name / "checkpoints" / "last.ckpt" for name in ("regular", "robust"))
     print("2/3 a Bezier path between them, standard loss, full training split")
-    mcrobust(["fit", "--config", path_config, "--model.init_args.start", str(a), "--model.init_args.end", str(b)],
-             out, "path")
+    mcrobust(
+        ["fit", "--config", path_config, "--model.init_args.start", str(a), "--model.init_args.end", str(b)],
+        out,
+        "path",
+    )
     print("3/3 robustness loss and input-Hessian top eigenvalue along the path, per PGD radius")
     results = []
     for radius in RADII:
         eps, alpha = radius / 255, radius / 4 / 255
         version = f"path_test_eps{radius}"
-        mcrobust(["test", "--config", path_config, "--ckpt_path", str(out / "path" / "checkpoints" / "last.ckpt"),
-                  "--trainer.callbacks.init_args.attack.init_args.eps", str(eps),
-                  "--trainer.callbacks.init_args.attack.init_args.alpha", str(alpha)], out, version,
-                 show=("|",) if radius == RADII[-1] else ())
+        mcrobust(
+            [
+                "test",
+                "--config",
+                path_config,
+                "--ckpt_path",
+                str(out / "path" / "checkpoints" / "last.ckpt"),
+                "--trainer.callbacks.init_args.attack.init_args.eps",
+                str(eps),
+                "--trainer.callbacks.init_args.attack.init_args.alpha",
+                str(alpha),
+            ],
+            out,
+            version,
+            show=("|",) if radius == RADII[-1] else (),
+        )
         summary = json.loads((out / version / "path_summary.json").read_text())
         results.append((radius, summary))
     print("\n| eps | Pearson r (robust loss, top eig) | 95% CI | Spearman | robust-loss barrier |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -22,12 +23,19 @@ class ExportPoint(Callback):
         t: the point to export; None uses PathEvaluation's selection.
         dirpath: output folder (default: the run's log dir).
         bn_data: recompute BN on the 'bonafide' data or the full clean 'train' split.
+        filename: file name without extension; `{t}` is replaced by t (default `repaired_t{t}`, e.g. repaired_t0.400).
     """
 
-    def __init__(self, t: float | None = None, dirpath: str | None = None, bn_data: str = "bonafide") -> None:
+    def __init__(
+        self,
+        t: float | None = None,
+        dirpath: str | None = None,
+        bn_data: Literal["bonafide", "train"] = "bonafide",
+        filename: str = "repaired_t{t}",
+    ) -> None:
         if t is not None and not 0.0 <= t <= 1.0:
             raise ConfigError(f"ExportPoint t must be in [0, 1], got {t}")
-        self.t, self.dirpath, self.bn_data = t, dirpath, bn_data
+        self.t, self.dirpath, self.bn_data, self.filename = t, dirpath, bn_data, filename
         self.paths: dict[str, Path] = {}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -49,8 +57,10 @@ class ExportPoint(Callback):
         if not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
-        loader = datamodule.bn_dataloader(self.bn_data) if datamodule.bonafide_index is not None else None
+        has_data = self.bn_data == "train" or datamodule.bonafide_index is not None
+        loader = datamodule.bn_dataloader(self.bn_data) if has_data else None
         config = net_config(curve.template, pl_module.hparams.get("net"))
         extra = {"bn_data": self.bn_data if loader is not None else None, "source": type(pl_module).__name__}
-        self.paths = export_point(curve, t, loader, directory, config, extra=extra)
+        name = self.filename.replace("{t}", f"{t:.3f}")
+        self.paths = export_point(curve, t, loader, directory, config, name=name, extra=extra)
         rank_zero_info(f"ExportPoint: the model at t={t} is in {self.paths['pt']} and {self.paths['safetensors']}")

@@ -121,7 +121,9 @@ def test_fine_tuning_and_scratch_train_on_bonafide_data_and_report_all_metrics(t
 def pruned(tiny_endpoints, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pruned")
     pl.seed_everything(0)
-    system = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd())
+    system = FinePruningSystem(
+        TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd()
+    )
     fit = trainer(folder, max_epochs=3, logger=CSVLogger(str(folder)))
     fit.fit(system, datamodule())
     results = {k: v for d in fit.test(system, datamodule()) for k, v in d.items()}
@@ -167,7 +169,9 @@ def test_pruned_channels_stay_zero_through_fine_tuning_and_export(pruned):
 
 def test_fine_pruning_resumes_with_its_mask_instead_of_pruning_again(pruned, tiny_endpoints, tmp_path):
     system, _, _, path = pruned
-    resumed = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["b"]), prune_ratio=0.5, optimizer=sgd())
+    resumed = FinePruningSystem(
+        TinyNet(width=16), init_weights=str(tiny_endpoints["b"]), prune_ratio=0.5, optimizer=sgd()
+    )
     trainer(tmp_path, max_epochs=4).fit(resumed, datamodule(), ckpt_path=str(path))
     assert resumed.pruned_channels == system.pruned_channels
     assert resumed.net.features[9].weight[system.pruned_channels].abs().max() == 0
@@ -205,19 +209,25 @@ def test_every_baseline_config_builds_its_system(config, tmp_path):
 DDP = dict(accelerator="cpu", devices=2, strategy="ddp_spawn")
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_process_noisy_evaluation_equals_one_process(noisy, tiny_endpoints, tmp_path):
     """Every rank draws the same weights and recomputes BN on all bonafide data; torchmetrics sums the shards."""
     _, one_process, _ = noisy
-    system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), num_draws=3, seed=5)
+    system = NoisySystem(
+        TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), num_draws=3, seed=5
+    )
     two_process = trainer(tmp_path, **DDP).test(system, datamodule())[0]
     assert two_process == pytest.approx(one_process, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_process_fine_pruning_prunes_the_same_channels(pruned, tiny_endpoints, tmp_path):
     single, _, _, _ = pruned
     pl.seed_everything(0)
-    system = FinePruningSystem(TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd())
+    system = FinePruningSystem(
+        TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd()
+    )
     trainer(tmp_path, max_epochs=1, **DDP).fit(system, datamodule())
     assert system.pruned_channels == single.pruned_channels  # weights and buffers come back from rank 0
