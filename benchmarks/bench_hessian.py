@@ -61,7 +61,8 @@ def step_rows(label: str, model: nn.Module, x: Tensor, y: Tensor, repeats: int) 
             {"step": step, "fwd_bwd": lambda: forward_backward(model, x, y), "call": whole_call}, repeats
         )
     steps = mean_iterations[-1]
-    timings["call"].seconds = [seconds / steps for seconds in timings["call"].seconds]
+    call = timings["call"]
+    call.seconds, call.cpu_seconds = [s / steps for s in call.seconds], [s / steps for s in call.cpu_seconds]
     sizes = f"batch {len(x)}"
     return [
         timing_row(NAME, f"{label} HVP step / fwd+bwd", sizes, timings["step"], timings["fwd_bwd"], STEP_GOAL),

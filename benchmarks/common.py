@@ -31,9 +31,15 @@ OUT = Path(__file__).resolve().parent / "out"
 # ------------------------------------------------------------------------------------------------ timing
 @dataclass
 class Timing:
-    """Seconds per call of one candidate over the timed rounds (warm-up excluded)."""
+    """Wall-clock and process CPU seconds per call of one candidate over the timed rounds (warm-up excluded).
+
+    CPU time (user + system, all threads) leaves out the time the process waited for a core held by another job,
+    so on a loaded machine its ratio is the steadier one; when both ratios agree the number can be trusted.
+    """
 
     seconds: list[float]
+    cpu_seconds: list[float] = field(default_factory=list)
+    minor_faults: list[int] = field(default_factory=list)  # page faults: fresh memory the allocator mapped
 
     @property
     def median(self) -> float:
@@ -58,19 +64,30 @@ def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, 
     for _ in range(warmup):
         for name in names:
             candidates[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    timings = {name: Timing([], [], []) for name in names}
     for round_ in range(repeats):
         gc.collect()
         for name in names if round_ % 2 == 0 else reversed(names):
-            start = time.perf_counter()
+            faults, start, cpu_start = _minor_faults(), time.perf_counter(), time.process_time()
             candidates[name]()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: Timing(values) for name, values in seconds.items()}
+            timings[name].seconds.append(time.perf_counter() - start)
+            timings[name].cpu_seconds.append(time.process_time() - cpu_start)
+            timings[name].minor_faults.append(_minor_faults() - faults)
+    return timings
 
 
-def paired_ratio(ours: Timing, reference: Timing) -> float:
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where `resource` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def paired_ratio(ours: Sequence[float], reference: Sequence[float]) -> float:
     """Median of the per-round ratios ours/reference: robust to load that changes between rounds."""
-    return statistics.median(a / b for a, b in zip(ours.seconds, reference.seconds, strict=True))
+    return statistics.median(a / b for a, b in zip(ours, reference, strict=True))
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -90,6 +107,7 @@ class Row:
     repeats: int | None = None
     ours: float | None = None  # median seconds
     reference: float | None = None
+    cpu_ratio: float | None = None  # median of paired per-round ratios of process CPU time
     ours_iqr: tuple[float, float] | None = None
     reference_iqr: tuple[float, float] | None = None
     unit: str = "x"
@@ -109,7 +127,8 @@ def timing_row(
         bench=bench,
         name=name,
         sizes=sizes,
-        value=paired_ratio(ours, reference),
+        value=paired_ratio(ours.seconds, reference.seconds),
+        cpu_ratio=paired_ratio(ours.cpu_seconds, reference.cpu_seconds) if ours.cpu_seconds else None,
         goal=goal,
         repeats=len(ours.seconds),
         ours=ours.median,
@@ -121,6 +140,10 @@ def timing_row(
             "ratio_of_medians": ours.median / reference.median,
             "ours_seconds": [round(s, 6) for s in ours.seconds],
             "reference_seconds": [round(s, 6) for s in reference.seconds],
+            "ours_cpu_seconds": [round(s, 6) for s in ours.cpu_seconds],
+            "reference_cpu_seconds": [round(s, 6) for s in reference.cpu_seconds],
+            "ours_minor_faults": ours.minor_faults,
+            "reference_minor_faults": reference.minor_faults,
         },
     )
 
@@ -172,8 +195,9 @@ def _number(value: float | None, unit: str = "") -> str:
 
 
 def table(rows: Sequence[Row], markdown: bool = False) -> str:
-    """Rows as a fixed-width text table (or a Markdown table): name, sizes, repeats, medians, ratio, goal, met."""
-    header = ["bench", "name", "sizes", "repeats", "median ours", "median reference", "ratio/value", "goal", "met?"]
+    """Rows as a fixed-width text table (or Markdown): name, sizes, repeats, medians, ratio, CPU ratio, goal, met."""
+    header = ["bench", "name", "sizes", "repeats", "median ours", "median reference", "ratio/value", "cpu ratio"]
+    header += ["goal", "met?"]
     lines = [
         [
             row.bench,
@@ -183,6 +207,7 @@ def table(rows: Sequence[Row], markdown: bool = False) -> str:
             _number(row.ours, "s"),
             _number(row.reference, "s"),
             _number(row.value) + (row.unit if row.unit == "x" and row.ours is not None else ""),
+            "-" if row.cpu_ratio is None else _number(row.cpu_ratio) + "x",
             "-" if row.goal is None else f"<= {row.goal:g}",
             {None: "-", True: "yes", False: "NO"}[row.met],
         ]

@@ -25,7 +25,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
 """Prefixes that DDP (`module.`), `torch.compile` (`_orig_mod.`) and our systems (`net.`) put on keys."""
 
 _CURVE_KEY = re.compile(r"(^|\.)bends\.\d+\.")
-_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module \S+ is blocked)")
 _UNSAFE_OPERAND = re.compile(r"Unsupported operand \S+")
 
 
@@ -100,7 +100,8 @@ def match_state_dict(state_dict: Mapping[str, Tensor], template: nn.Module, sour
             )
         if state[key].shape != reference.shape:
             raise CheckpointError(
-                f"{source} has {key!r} of shape {shape_of(state[key])}, the network expects {shape_of(reference)}"
+                f"{source} has {key!r} of shape {shape_of(state[key])}, the network expects {shape_of(reference)}; "
+                "set the net's arguments (num_classes, width, ...) to those the checkpoint was trained with"
             )
     for key, value in state.items():
         if key not in expected:

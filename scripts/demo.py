@@ -25,7 +25,7 @@ def mcrobust(args: list[str], out: Path, version: str, show: tuple[str, ...] = (
     """Run one `mcrobust` command (as `python -m mcrobust`), logging to out/<version>; print selected lines."""
     command = [sys.executable, "-m", "mcrobust", *args, "--trainer.logger.init_args.save_dir", str(out)]
     command += ["--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", version, *QUIET]
-    shown = " ".join(a for a in args if not a.startswith(str(ROOT)))
+    shown = " ".join(a.replace(f"{ROOT}/", "") for a in args)
     print(f"$ mcrobust {shown}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
@@ -46,7 +46,7 @@ def run_parallel(commands: list[tuple[list[str], str]], out: Path) -> None:
     for args, version in commands:
         command = [sys.executable, "-m", "mcrobust", *args, "--trainer.logger.init_args.save_dir", str(out)]
         command += ["--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", version, *QUIET]
-        print(f"$ mcrobust {' '.join(args)}   &", flush=True)
+        print(f"$ mcrobust {' '.join(a.replace(f'{ROOT}/', '') for a in args)}   &", flush=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     for proc in procs:

@@ -95,8 +95,12 @@ class RobustDataModule(pl.LightningDataModule):
         poison: PoisonSettings | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        sizes = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "bonafide_size": bonafide_size}
+        for key, value in {**sizes, "eval_size": eval_size, "image_size": image_size}.items():
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {value}")
+        if bonafide_fraction is not None and not 0 < bonafide_fraction <= 1:
+            raise ConfigError(f"data.bonafide_fraction must be in (0, 1], got {bonafide_fraction}")
         if bonafide_size is not None and bonafide_fraction is not None:
             raise ConfigError("set data.bonafide_size or data.bonafide_fraction, not both")
         if train_on == "bonafide" and bonafide_size is None and bonafide_fraction is None and not bonafide_indices_path:

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 
 from mcrobust.attacks import PGD, AutoAttack, robust_metrics
 from mcrobust.errors import ConfigError
+from mcrobust.guards import check_finite_loss
 from mcrobust.nets.layers import find_normalize
 from mcrobust.schedules import PaperSchedule
 
@@ -113,6 +114,10 @@ class ClassificationSystem(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.log_step_metrics("train", logits, y, loss)
         return loss
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # every system's training loss passes here (curve penalty included): stop at the first NaN or inf
+        check_finite_loss(loss, self.global_step)
 
     def log_step_metrics(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         """Update and log `<stage>/acc` and `<stage>/loss` from one batch."""

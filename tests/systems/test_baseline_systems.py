@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
+from mcrobust.attacks import PGD
 from mcrobust.baselines import ChannelBlock, channel_activations, channel_block, draw_generator, noisy_weights
 from mcrobust.checkpoints import load_weights
 from mcrobust.cli import run_cli
@@ -53,9 +54,18 @@ def in_unit_interval(results: dict, *keys: str) -> bool:
     return all(0.0 <= float(results[key]) <= 1.0 for key in keys)
 
 
+def noisy_system(tiny_endpoints, **kwargs) -> NoisySystem:
+    return NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), **kwargs)
+
+
+def pruning_system(tiny_endpoints, endpoint: str = "a", prune_ratio: float = 0.3) -> FinePruningSystem:
+    weights = str(tiny_endpoints[endpoint])
+    return FinePruningSystem(TinyNet(width=16), init_weights=weights, prune_ratio=prune_ratio, optimizer=sgd())
+
+
 # ------------------------------------------------------------------------------------------------ noisy model
 def noisy_test(tiny_endpoints, tmp_path, **kwargs) -> tuple[NoisySystem, dict]:
-    system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), **kwargs)
+    system = noisy_system(tiny_endpoints, **kwargs)
     results = trainer(tmp_path).test(system, datamodule())[0]
     return system, results
 
@@ -63,12 +73,14 @@ def noisy_test(tiny_endpoints, tmp_path, **kwargs) -> tuple[NoisySystem, dict]:
 @pytest.fixture(scope="module")
 def noisy(tiny_endpoints, tmp_path_factory):
     folder = tmp_path_factory.mktemp("noisy")
-    return (*noisy_test(tiny_endpoints, folder, num_draws=3, seed=5), folder)
+    attack = PGD(eps=16 / 255, alpha=4 / 255, steps=2)
+    return (*noisy_test(tiny_endpoints, folder, num_draws=3, seed=5, eval_attack=attack), folder)
 
 
 def test_noisy_reports_mean_and_spread_over_its_draws(noisy):
     system, results, folder = noisy
-    assert in_unit_interval(results, "test/acc", "test/asr", "test/acc_std", "test/asr_std")
+    assert in_unit_interval(results, "test/acc", "test/asr", "test/acc_std", "test/asr_std", "test/robust_acc")
+    assert results["test/robust_acc"] <= results["test/acc"] and "test/robust_loss_std" in results
     assert results["test/num_draws"] == 3 and results["test/loss"] > 0
     accs = torch.tensor([row["clean_acc"] for row in system.draw_rows], dtype=torch.float64)
     assert results["test/acc"] == pytest.approx(float(accs.mean()), abs=1e-6)
@@ -88,14 +100,14 @@ def test_noisy_draws_are_distinct_and_seeded(noisy, tiny_endpoints, tmp_path):
     ]
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
     torch.testing.assert_close(system.net.classifier.weight, draws[2])  # the net holds the last draw
-    _, again = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=5)
+    _, again = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=5, eval_attack=system.eval_attack)
     assert again == results
     _, other = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=6)
     assert other["test/acc"] != results["test/acc"]
 
 
 def test_noisy_refuses_to_fit_and_needs_both_endpoints(tiny_endpoints, tmp_path):
-    system = NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]))
+    system = noisy_system(tiny_endpoints)
     with pytest.raises(ConfigError, match="mcrobust test"):
         trainer(tmp_path, max_epochs=1).fit(system, datamodule())
     with pytest.raises(ConfigError, match="both endpoints"):
@@ -121,9 +133,7 @@ def test_fine_tuning_and_scratch_train_on_bonafide_data_and_report_all_metrics(t
 def pruned(tiny_endpoints, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pruned")
     pl.seed_everything(0)
-    system = FinePruningSystem(
-        TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd()
-    )
+    system = pruning_system(tiny_endpoints)
     fit = trainer(folder, max_epochs=3, logger=CSVLogger(str(folder)))
     fit.fit(system, datamodule())
     results = {k: v for d in fit.test(system, datamodule()) for k, v in d.items()}
@@ -169,9 +179,7 @@ def test_pruned_channels_stay_zero_through_fine_tuning_and_export(pruned):
 
 def test_fine_pruning_resumes_with_its_mask_instead_of_pruning_again(pruned, tiny_endpoints, tmp_path):
     system, _, _, path = pruned
-    resumed = FinePruningSystem(
-        TinyNet(width=16), init_weights=str(tiny_endpoints["b"]), prune_ratio=0.5, optimizer=sgd()
-    )
+    resumed = pruning_system(tiny_endpoints, endpoint="b", prune_ratio=0.5)
     trainer(tmp_path, max_epochs=4).fit(resumed, datamodule(), ckpt_path=str(path))
     assert resumed.pruned_channels == system.pruned_channels
     assert resumed.net.features[9].weight[system.pruned_channels].abs().max() == 0
@@ -214,9 +222,7 @@ DDP = dict(accelerator="cpu", devices=2, strategy="ddp_spawn")
 def test_two_process_noisy_evaluation_equals_one_process(noisy, tiny_endpoints, tmp_path):
     """Every rank draws the same weights and recomputes BN on all bonafide data; torchmetrics sums the shards."""
     _, one_process, _ = noisy
-    system = NoisySystem(
-        TinyNet(width=16), start=str(tiny_endpoints["a"]), end=str(tiny_endpoints["b"]), num_draws=3, seed=5
-    )
+    system = noisy_system(tiny_endpoints, num_draws=3, seed=5)
     two_process = trainer(tmp_path, **DDP).test(system, datamodule())[0]
     assert two_process == pytest.approx(one_process, abs=1e-6)
 
@@ -226,8 +232,6 @@ def test_two_process_noisy_evaluation_equals_one_process(noisy, tiny_endpoints, 
 def test_two_process_fine_pruning_prunes_the_same_channels(pruned, tiny_endpoints, tmp_path):
     single, _, _, _ = pruned
     pl.seed_everything(0)
-    system = FinePruningSystem(
-        TinyNet(width=16), init_weights=str(tiny_endpoints["a"]), prune_ratio=0.3, optimizer=sgd()
-    )
+    system = pruning_system(tiny_endpoints)
     trainer(tmp_path, max_epochs=1, **DDP).fit(system, datamodule())
     assert system.pruned_channels == single.pruned_channels  # weights and buffers come back from rank 0

@@ -1,0 +1,119 @@
+"""Guards that stop a run early and say why, and undo what a run that failed before its first batch left behind.
+
+Three guards, all plain torch or plain filesystem code (the CLI and the systems wire them into Lightning):
+`check_finite_loss` stops training at the first NaN or infinite loss, `check_writable_folder` refuses an output
+folder that cannot be created before anything runs, and `OutputSnapshot` removes the files and folders a failed
+start created, so the next attempt gets the same version folder and nothing half-done is left to mistake for a
+result (docs/threat_model.md states the guarantee).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mcrobust.errors import ConfigError, MCRobustError
+
+
+class TrainingDiverged(MCRobustError):
+    """The training loss became NaN or infinite: the run cannot recover, so it stops with one line."""
+
+
+def check_finite_loss(loss: Tensor, step: int) -> None:
+    """Raise TrainingDiverged when `loss` holds a NaN or an infinity.
+
+    One `torch.isfinite` reduction; on an accelerator reading the result waits for the step, which the per-step
+    metric update (torchmetrics' NaN check) already does, so the guard adds no new synchronisation point.
+
+    Args:
+        loss: the training loss of one step (any shape).
+        step: the global step, named in the message.
+
+    Raises:
+        TrainingDiverged: `training diverged at step N: the loss is nan; ...`.
+    """
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    values = loss.detach().flatten()
+    value = float(values[~torch.isfinite(values)][0])
+    raise TrainingDiverged(
+        f"training diverged at step {step}: the loss is {value}; lower the learning rate "
+        "(model.init_args.optimizer.init_args.lr) or check the data and the endpoints"
+    )
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself or its closest ancestor that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_writable_folder(folder: str | os.PathLike[str], setting: str) -> None:
+    """Raise ConfigError, naming the folder and the setting, when `folder` cannot be created or written.
+
+    Nothing is created: the closest existing ancestor must be a folder the process may write into.
+
+    Args:
+        folder: an output folder that may not exist yet.
+        setting: the configuration key that chose it, e.g. 'trainer.logger.init_args.save_dir'.
+    """
+    path = Path(folder).absolute()
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write to {path} ({setting}): {existing} is a file, not a folder; choose another")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write to {path} ({setting}): the folder {existing} is not writable; choose another or fix its "
+            "permissions"
+        )
+
+
+class OutputSnapshot:
+    """What some output folders held before a run, to remove what the run added if it fails before its first batch.
+
+    Only the entries directly inside each folder are recorded (a run writes its set-up files there: logger events,
+    hparams.yaml, config.yaml, bonafide_indices.json); entries that existed before are never touched.
+
+    Args:
+        folders: the run's output folders; they need not exist yet.
+    """
+
+    def __init__(self, folders: Iterable[str | os.PathLike[str]]) -> None:
+        self.before: dict[Path, tuple[set[str], Path]] = {}
+        for folder in folders:
+            path = Path(folder).absolute()
+            names = set(os.listdir(path)) if path.is_dir() else set()
+            self.before[path] = (names, nearest_existing(path))
+
+    def remove_new(self) -> list[Path]:
+        """Delete the entries created since the snapshot, then the folders it created if they are empty.
+
+        Returns:
+            The removed paths.
+        """
+        removed: list[Path] = []
+        for folder, (names, existing) in sorted(self.before.items(), key=lambda item: -len(item[0].parts)):
+            if folder.is_dir():
+                for name in sorted(set(os.listdir(folder)) - names):
+                    removed.append(_remove(folder / name))
+            for parent in (folder, *folder.parents):
+                if parent == existing or not parent.is_dir() or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+                removed.append(parent)
+        return removed
+
+
+def _remove(path: Path) -> Path:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return path
