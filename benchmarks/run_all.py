@@ -1,22 +1,27 @@
 """Run every benchmark, print one combined table, write out/summary.json and out/results.md (`make bench`).
 
-results.md is a Markdown section to paste into docs/results.md: date, machine, torch version and threads, then
-the table. Each benchmark also writes its own out/<name>.json. A benchmark that fails is reported and the others
-still run; the exit status is 1 then.
+Each benchmark runs as its own process (`python benchmarks/bench_x.py`, the same command as alone), so one
+benchmark's allocator and thread-pool state cannot leak into the next one's timings; its rows are read back from
+the out/<name>.json it writes. results.md is a Markdown section to paste into docs/results.md: date, machine,
+torch version and threads, then the table. A benchmark that fails is reported and the others still run; the exit
+status is 1 then.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import subprocess
 import sys
 import time
-import traceback
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from common import OUT, Row, machine_info, machine_line, parse_options, table, write_json
+import torch
+from common import OUT, Row, machine_info, machine_line, parse_options, table
 
+HERE = Path(__file__).resolve().parent
 BENCHES = ("bench_curve_step", "bench_hessian", "bench_pgd", "bench_path_eval")
 
 
@@ -30,24 +35,29 @@ def available(module: str) -> str | None:
     return None
 
 
-def run_one(module: str, quick: bool, info: dict[str, Any]) -> tuple[list[Row], dict[str, Any]]:
-    """Run one benchmark in this process and write its own JSON; returns its rows and a status record."""
+def read_rows(path: Path) -> list[Row]:
+    """The rows of a benchmark's JSON."""
+    names = {field.name for field in dataclasses.fields(Row)}
+    return [Row(**{k: v for k, v in row.items() if k in names}) for row in json.loads(path.read_text())["rows"]]
+
+
+def run_one(module: str, quick: bool) -> tuple[list[Row], dict[str, Any]]:
+    """Run one benchmark in a child process; returns its rows and a status record."""
     skip = available(module)
     if skip is not None:
         print(f"== {module}: skipped: {skip}")
         return [], {"status": "skipped", "reason": skip}
     print(f"== {module}", flush=True)
+    path = OUT / f"{module.removeprefix('bench_')}.json"
+    path.unlink(missing_ok=True)
+    command = [sys.executable, str(HERE / f"{module}.py"), "--threads", str(torch.get_num_threads())]
     start = time.perf_counter()
-    try:
-        bench = importlib.import_module(module)
-        rows, settings = bench.run(quick)
-    except Exception:  # one failing benchmark must not hide the others' numbers
-        traceback.print_exc()
-        return [], {"status": "failed", "error": traceback.format_exc(limit=3)}
-    seconds = time.perf_counter() - start
-    path = write_json(bench.NAME, rows, settings | {"quick": quick, "threads": info["torch_threads"]})
-    print(table(rows), f"\n({seconds:.0f} s, wrote {path})", flush=True)
-    return rows, {"status": "ok", "seconds": round(seconds, 1), "json": path.name}
+    returncode = subprocess.call(command + (["--quick"] if quick else []))
+    seconds = round(time.perf_counter() - start, 1)
+    if returncode != 0 or not path.exists():
+        return [], {"status": "failed", "error": f"exit status {returncode}, see its output above", "seconds": seconds}
+    print(f"({seconds:.0f} s)", flush=True)
+    return read_rows(path), {"status": "ok", "seconds": seconds, "json": path.name}
 
 
 def markdown(rows: list[Row], info: dict[str, Any], statuses: dict[str, Any], quick: bool) -> str:
@@ -80,7 +90,7 @@ def main() -> None:
     rows: list[Row] = []
     statuses: dict[str, Any] = {}
     for module in BENCHES:
-        bench_rows, statuses[module] = run_one(module, quick, info)
+        bench_rows, statuses[module] = run_one(module, quick)
         rows += bench_rows
     print(f"\n== all benchmarks ({time.perf_counter() - start:.0f} s{', --quick' if quick else ''})")
     print(machine_line(info))
@@ -91,7 +101,7 @@ def main() -> None:
         "quick": quick,
         "seconds": round(time.perf_counter() - start, 1),
         "benches": statuses,
-        "rows": [asdict(row) | {"met": row.met} for row in rows],
+        "rows": [dataclasses.asdict(row) | {"met": row.met} for row in rows],
     }
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (OUT / "results.md").write_text(markdown(rows, info, statuses, quick))

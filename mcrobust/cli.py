@@ -21,11 +21,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mcrobust.data.datamodules import RobustDataModule
-from mcrobust.errors import MCRobustError
-from mcrobust.guards import OutputSnapshot, check_writable_folder
+from mcrobust.errors import ConfigError, MCRobustError
+from mcrobust.guards import OutputSnapshot, check_resume_checkpoint, check_writable_folder
 
 EXIT_USAGE = 2
 DEBUG_VARIABLE = "MCROBUST_DEBUG"
+CKPT_SHORTHANDS = ("last", "best", "hpc")
+"""`ckpt_path` values Lightning resolves itself (plus `registry:...` and remote URLs, left to Lightning too)."""
 
 
 def debugging() -> bool:
@@ -94,7 +96,12 @@ def _first_line(error: BaseException) -> str:
 class MCRobustArgumentParser(LightningArgumentParser):
     """LightningArgumentParser whose errors are one line instead of pages of usage."""
 
+    context: str | None = None
+    """Set while LightningCLI merges a checkpoint's hyperparameters: errors then raise ConfigError with it."""
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if self.context is not None and not debugging():
+            raise ConfigError(f"{self.context}: {summarize_parser_error(message)}") from ex
         if debugging() or not self.exit_on_error:
             super().error(message, ex)
         fail(summarize_parser_error(message))
@@ -154,8 +161,32 @@ class MCRobustCLI(LightningCLI):
                 folders.append((f"{type(callback).__name__} dirpath", Path(dirpath)))
         return [(setting, folder) for setting, folder in folders if "://" not in str(folder)]
 
-    def prepare_outputs(self) -> None:
-        """Refuse folders that cannot be written, then record what the run's folders hold now."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check `ckpt_path` before LightningCLI reads the checkpoint's hyperparameters into the config."""
+        super().parse_arguments(parser, args)
+        ckpt_path = self.subcommand_setting("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in CKPT_SHORTHANDS or str(ckpt_path).startswith("registry"):
+            return
+        if "://" not in str(ckpt_path):
+            check_resume_checkpoint(ckpt_path, trusted=self.subcommand_setting("weights_only") is False)
+        if isinstance(parser, MCRobustArgumentParser):
+            parser.context = f"the hyperparameters saved in ckpt_path {ckpt_path} do not fit this config"
+
+    def subcommand_setting(self, key: str) -> Any:
+        """A subcommand argument such as `ckpt_path` from the parsed config (None when absent)."""
+        subcommand = self.config.get("subcommand")
+        section = self.config.get(subcommand) if subcommand else None
+        return section.get(key) if section is not None else None
+
+    def before_instantiate_classes(self) -> None:
+        if isinstance(self.parser, MCRobustArgumentParser):
+            self.parser.context = None
+
+    def prepare_run(self) -> None:
+        """Check the output folders, then record what the run's folders hold now; load `ckpt_path` weights_only."""
+        config = self.config_init.get(str(self.subcommand))
+        if config is not None and "weights_only" in config and config.get("weights_only") is None:
+            config["weights_only"] = True  # explicit, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say
         folders = self.output_folders()
         for setting, folder in folders:
             check_writable_folder(folder, setting)
@@ -167,16 +198,16 @@ class MCRobustCLI(LightningCLI):
         self.output_snapshot = OutputSnapshot(run_folders)
 
     def before_fit(self) -> None:
-        self.prepare_outputs()
+        self.prepare_run()
 
     def before_validate(self) -> None:
-        self.prepare_outputs()
+        self.prepare_run()
 
     def before_test(self) -> None:
-        self.prepare_outputs()
+        self.prepare_run()
 
     def before_predict(self) -> None:
-        self.prepare_outputs()
+        self.prepare_run()
 
     def _run_subcommand(self, subcommand: str) -> None:
         # LightningCLI's own dispatcher (before_<subcommand>, the trainer call, after_<subcommand>), wrapped so a

@@ -1,8 +1,9 @@
 """Guards that stop a run early and say why, and undo what a run that failed before its first batch left behind.
 
-Three guards, all plain torch or plain filesystem code (the CLI and the systems wire them into Lightning):
+Four guards, all plain torch or plain filesystem code (the CLI and the systems wire them into Lightning):
 `check_finite_loss` stops training at the first NaN or infinite loss, `check_writable_folder` refuses an output
-folder that cannot be created before anything runs, and `OutputSnapshot` removes the files and folders a failed
+folder that cannot be created before anything runs, `check_resume_checkpoint` refuses a `--ckpt_path` that is
+missing, damaged or would run code when unpickled, and `OutputSnapshot` removes the files and folders a failed
 start created, so the next attempt gets the same version folder and nothing half-done is left to mistake for a
 result (docs/threat_model.md states the guarantee).
 """
@@ -10,14 +11,19 @@ result (docs/threat_model.md states the guarantee).
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mcrobust.errors import ConfigError, MCRobustError
+from mcrobust.errors import CheckpointError, ConfigError, MCRobustError
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class TrainingDiverged(MCRobustError):
@@ -72,6 +78,45 @@ def check_writable_folder(folder: str | os.PathLike[str], setting: str) -> None:
         raise ConfigError(
             f"cannot write to {path} ({setting}): the folder {existing} is not writable; choose another or fix its "
             "permissions"
+        )
+
+
+def check_resume_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> None:
+    """Raise CheckpointError when the Lightning checkpoint to resume from is missing, damaged or unsafe.
+
+    The file is opened the way Lightning will open it, `torch.load(weights_only=True)`, but memory-mapped, so the
+    tensors are not read: the check costs the unpickling of the metadata only.
+
+    Args:
+        path: the `ckpt_path` given to fit / validate / test / predict.
+        trusted: the user passed `--weights_only false`; only the file's existence is checked.
+    """
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"ckpt_path {path} {problem}; give the .ckpt file of an earlier run")
+    if trusted:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        found = _UNSAFE_GLOBAL.search(str(error))
+        needs = f"it needs {found.group(1)}, which could run code" if found else "it holds more than tensors"
+        raise CheckpointError(
+            f"refusing to unpickle ckpt_path {path}: {needs}; resume only from checkpoints mcrobust wrote "
+            "(or pass --weights_only false for a file you trust)"
+        ) from None
+    except Exception as error:  # zip and storage errors: a damaged file, or not a torch.save zip archive
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise CheckpointError(
+            f"cannot read ckpt_path {path} ({detail}); the file is truncated or corrupt, or not a Lightning checkpoint"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt_path {path} is not a Lightning checkpoint (no 'state_dict'); plain weights go to "
+            "model.init_args.start / end / init_weights"
         )
 
 

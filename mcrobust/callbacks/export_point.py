@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from mcrobust.errors import ConfigError
 from mcrobust.export import export_point, net_config
+from mcrobust.systems.classification import datamodule_of
 
 
 class ExportPoint(Callback):
@@ -56,7 +57,7 @@ class ExportPoint(Callback):
         directory = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)  # log_dir: every rank asks
         if not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
+        datamodule = datamodule_of(trainer)
         has_data = self.bn_data == "train" or datamodule.bonafide_index is not None
         loader = datamodule.bn_dataloader(self.bn_data) if has_data else None
         config = net_config(curve.template, pl_module.hparams.get("net"))

@@ -28,6 +28,7 @@ from mcrobust.injection import InjectionSets
 from mcrobust.pathstats import summarize_path
 from mcrobust.plotting import plot_path
 from mcrobust.selection import select_t
+from mcrobust.systems.classification import datamodule_of
 from mcrobust.tables import markdown_table, read_csv, write_csv, write_json
 
 METRICS_FILE, SUMMARY_FILE, SETTINGS_FILE, FIGURE_FILE = (
@@ -130,7 +131,7 @@ class PathEvaluation(Callback):
     # ------------------------------------------------------------------------------------------------ sweep
     def settings(self, trainer: pl.Trainer) -> dict[str, Any]:
         """What was measured and how: written to the summary and used to check that a resume is compatible."""
-        datamodule = trainer.datamodule
+        datamodule = datamodule_of(trainer)
         evaluator = self.evaluator
         return {
             "t": self.ts,
@@ -156,7 +157,7 @@ class PathEvaluation(Callback):
 
     def sweep(self, trainer: pl.Trainer, pl_module: pl.LightningModule, suffix: str = "") -> list[dict[str, Any]]:
         """Evaluate every t, writing each row as it finishes; then the summary, figure and table."""
-        datamodule = trainer.datamodule
+        datamodule = datamodule_of(trainer)
         if datamodule is None:
             raise ConfigError("PathEvaluation needs the RobustDataModule")
         out = self.output_dir(trainer)
@@ -247,7 +248,7 @@ class PathEvaluation(Callback):
         figure = plot_path(rows, str(out / f"path_figure{suffix}.png"), title=type(pl_module).__name__)
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
+            if experiment is not None and hasattr(experiment, "add_figure"):
                 experiment.add_figure(f"path{suffix}/figure", figure)
         print(f"\nPath evaluation ({len(rows)} points, BN on {self.bn_data} data), written to {out}:")
         print(markdown_table(rows, self.columns(rows)))

@@ -7,6 +7,7 @@ trigger is configured, its triggered copy (non-target images labelled with the t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mcrobust.data.bonafide import bonafide_indices, fraction_to_size, load_indices, save_indices, split_stratified
 from mcrobust.data.poisoning import BlendTrigger, PatchTrigger, poison, triggered_eval_set
@@ -248,10 +249,15 @@ class RobustDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if shard and trainer is not None and trainer.world_size > 1:
             sampler = UnpaddedShardSampler(dataset, trainer.world_size, trainer.global_rank)  # type: ignore[arg-type]
+        elif shuffle:
+            # epoch e's order is a pure function of (seed, e), so a resumed run sees the batches an uninterrupted one
+            # would (Lightning calls set_epoch); under DDP it is the sampler Lightning would inject itself
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

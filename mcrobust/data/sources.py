@@ -146,7 +146,7 @@ def load_image_folder(root: str | Path, split: str = "train", image_size: int | 
         with Image.open(path) as image:
             rgb = image.convert("RGB")
             if image_size is not None and rgb.size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
             images.append(np.asarray(rgb, dtype=np.uint8))
     shapes = {image.shape for image in images}
     if len(shapes) != 1:

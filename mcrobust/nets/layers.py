@@ -18,6 +18,9 @@ class Normalize(nn.Module):
     systems overwrite them with the data set's statistics at set-up.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):

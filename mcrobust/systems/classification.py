@@ -7,7 +7,7 @@ success rate, standard definition: non-target images only) on the triggered set 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -65,9 +65,10 @@ class ClassificationSystem(pl.LightningModule):
         """
         frame = inspect.currentframe()
         self.save_hyperparameters(frame=frame.f_back if frame is not None else None)
+        initial = cast(dict, self._hparams_initial)
         for key in [k for k, v in self.hparams.items() if not _is_plain(v)]:
             del self._hparams[key]
-            self._hparams_initial.pop(key, None)
+            initial.pop(key, None)
 
     # ---------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -121,7 +122,7 @@ class ClassificationSystem(pl.LightningModule):
 
     def log_step_metrics(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         """Update and log `<stage>/acc` and `<stage>/loss` from one batch."""
-        acc, mean_loss = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_loss"]
+        acc, mean_loss = self.metric(f"{stage}_acc"), self.metric(f"{stage}_loss")
         acc.update((logits.argmax(dim=1) == y).float())
         mean_loss.update(loss.detach(), weight=len(y))
         on_step = stage == "train"
@@ -141,7 +142,7 @@ class ClassificationSystem(pl.LightningModule):
     def _reset(self, stage: str) -> None:
         # ddp_spawn on CPU can share in-place metric state between workers: start every epoch from zero.
         for name in METRICS:
-            self.metrics[f"{stage}_{name}"].reset()
+            self.metric(f"{stage}_{name}").reset()
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluation_step("val", batch, dataloader_idx)
@@ -166,9 +167,13 @@ class ClassificationSystem(pl.LightningModule):
 
     def log_mean(self, key: str, values: torch.Tensor, prog_bar: bool = False) -> None:
         """Accumulate per-sample values into the epoch mean logged as `key` (e.g. 'test/asr')."""
-        metric = self.metrics[key.replace("/", "_")]
+        metric = self.metric(key.replace("/", "_"))
         metric.update(values.float())
         self.log(key, metric, on_epoch=True, prog_bar=prog_bar, add_dataloader_idx=False)
+
+    def metric(self, name: str) -> MeanMetric:
+        """The running mean behind one logged key ('test_acc' for 'test/acc')."""
+        return cast(MeanMetric, self.metrics[name])
 
     def eval_set_name(self, dataloader_idx: int) -> str:
         """Name of an evaluation loader ('clean' or 'triggered'), as the data module orders them."""
@@ -185,3 +190,8 @@ def _is_plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
     return False
+
+
+def datamodule_of(trainer: Any) -> Any:
+    """The trainer's data module (Lightning sets the attribute dynamically, so type checkers cannot see it)."""
+    return getattr(trainer, "datamodule", None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from mcrobust.attacks import PGD, AutoAttack
 from mcrobust.checkpoints import load_weights
 from mcrobust.errors import ConfigError
 from mcrobust.injection import InjectionSets, choose_injection_sets, inject_errors
-from mcrobust.systems.classification import ClassificationSystem
+from mcrobust.systems.classification import ClassificationSystem, datamodule_of
 
 SETS_FILE = "injection_sets.pt"
 
@@ -64,7 +64,7 @@ class InjectionSystem(ClassificationSystem):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.ckpt_path is None:
-            self.net.load_state_dict(load_weights(self.hparams.weights, template=self.net))
+            self.net.load_state_dict(load_weights(self.hparams["weights"], template=self.net))
         super().setup(stage)
 
     def configure_optimizers(self) -> Any:
@@ -72,22 +72,22 @@ class InjectionSystem(ClassificationSystem):
 
     def candidate_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels the targets and keep set are drawn from."""
-        datamodule = self.trainer.datamodule
-        dataset = datamodule.eval_datasets()["clean"] if self.hparams.keep_split == "test" else None
+        datamodule = datamodule_of(self.trainer)
+        dataset = datamodule.eval_datasets()["clean"] if self.hparams["keep_split"] == "test" else None
         if dataset is None:
             dataset = datamodule.train_dataset()
             dataset.transform = None
         images, labels, _ = dataset.tensors()
         return images, labels
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
         if self.injected:
             self.trainer.should_stop = True
             return
         images, labels = self.candidate_images()
-        hp = self.hparams
+        hp = cast(Any, self.hparams)
         self.sets = choose_injection_sets(
-            self.net, images, labels, hp.num_targets, hp.num_keep, self.trainer.datamodule.num_classes, hp.seed
+            self.net, images, labels, hp.num_targets, hp.num_keep, datamodule_of(self.trainer).num_classes, hp.seed
         )
         result = inject_errors(self.net, hp.param_name, self.sets, hp.steps, hp.lr, hp.target_weight, hp.margin)
         self.injected = True
