@@ -12,12 +12,15 @@ import importlib
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mcrobust.data.datamodules import RobustDataModule
@@ -119,6 +122,33 @@ class RunStarted(Callback):
     on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _mark
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer with the temporary file beside the checkpoint, renamed into place.
+
+    Lightning writes through an fsspec transaction whose temporary file lies in $TMPDIR: when that is another file
+    system the final move is a copy, and a run killed during it leaves a truncated `last.ckpt`. The temporary name
+    does not contain 'last', so `--ckpt_path last` never picks one a killed run left behind.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".mcrobust-", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return None
+
+
 class MCRobustCLI(LightningCLI):
     """LightningCLI over every mcrobust system (subclass mode) and `RobustDataModule`.
 
@@ -145,6 +175,8 @@ class MCRobustCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(self.run_started)  # type: ignore[attr-defined]
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a plugin the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     def output_folders(self) -> list[tuple[str, Path]]:

@@ -245,7 +245,7 @@ class RobustDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, shard: bool = False) -> DataLoader:
-        sampler = None
+        sampler: DistributedSampler | None = None
         trainer = self.trainer
         if shard and trainer is not None and trainer.world_size > 1:
             sampler = UnpaddedShardSampler(dataset, trainer.world_size, trainer.global_rank)  # type: ignore[arg-type]
