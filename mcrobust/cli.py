@@ -219,15 +219,16 @@ class MCRobustCLI(LightningCLI):
         config = self.config_init.get(str(self.subcommand))
         if config is not None and "weights_only" in config and config.get("weights_only") is None:
             config["weights_only"] = True  # explicit, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say
-        folders = self.output_folders()
-        for setting, folder in folders:
+        for setting, folder in self.output_folders():
             check_writable_folder(folder, setting)
-        run_folders = [folder for _, folder in folders]
-        for logger in self.trainer.loggers:
+        run_folders, trainer = [], self.trainer
+        for logger in trainer.loggers:
             log_dir = getattr(logger, "log_dir", None)  # the version folder; nothing is created by asking
             if isinstance(log_dir, str) and "://" not in log_dir:
                 run_folders.append(Path(log_dir))
-        self.output_snapshot = OutputSnapshot(run_folders)
+        # without a versioned logger, set-up files go to a folder shared with other things: remove only those
+        shared = [Path(trainer.log_dir or trainer.default_root_dir)] if not run_folders else []
+        self.output_snapshot = OutputSnapshot(run_folders, shared_folders=shared)
 
     def before_fit(self) -> None:
         self.prepare_run()

@@ -10,6 +10,7 @@ result (docs/threat_model.md states the guarantee).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import pickle
 import re
@@ -120,22 +121,31 @@ def check_resume_checkpoint(path: str | os.PathLike[str], trusted: bool = False)
         )
 
 
-class OutputSnapshot:
-    """What some output folders held before a run, to remove what the run added if it fails before its first batch.
+SETUP_FILES = ("config.yaml", "hparams.yaml", "bonafide_indices.json", "events.out.tfevents.*", ".*.tmp")
+"""What a run writes before its first batch into a folder it shares with other things (no logger: the root dir)."""
 
-    Only the entries directly inside each folder are recorded (a run writes its set-up files there: logger events,
-    hparams.yaml, config.yaml, bonafide_indices.json); entries that existed before are never touched.
+
+class OutputSnapshot:
+    """What a run's output folders held before it started, to remove what a start that failed added there.
+
+    Only entries directly inside each folder are recorded: a run writes its set-up files there (logger events,
+    hparams.yaml, config.yaml, bonafide_indices.json). Entries that existed before are never touched.
 
     Args:
-        folders: the run's output folders; they need not exist yet.
+        run_folders: folders that belong to this run (a logger's version folder): every new entry is removed.
+        shared_folders: folders shared with other things (`default_root_dir` without a logger): only new entries
+            named like `SETUP_FILES` are removed.
     """
 
-    def __init__(self, folders: Iterable[str | os.PathLike[str]]) -> None:
-        self.before: dict[Path, tuple[set[str], Path]] = {}
-        for folder in folders:
-            path = Path(folder).absolute()
-            names = set(os.listdir(path)) if path.is_dir() else set()
-            self.before[path] = (names, nearest_existing(path))
+    def __init__(
+        self, run_folders: Iterable[str | os.PathLike[str]], shared_folders: Iterable[str | os.PathLike[str]] = ()
+    ) -> None:
+        self.before: dict[Path, tuple[set[str], Path, bool]] = {}
+        for shared, folders in ((True, shared_folders), (False, run_folders)):
+            for folder in folders:
+                path = Path(folder).absolute()
+                names = set(os.listdir(path)) if path.is_dir() else set()
+                self.before[path] = (names, nearest_existing(path), shared)
 
     def remove_new(self) -> list[Path]:
         """Delete the entries created since the snapshot, then the folders it created if they are empty.
@@ -144,10 +154,11 @@ class OutputSnapshot:
             The removed paths.
         """
         removed: list[Path] = []
-        for folder, (names, existing) in sorted(self.before.items(), key=lambda item: -len(item[0].parts)):
+        for folder, (names, existing, shared) in sorted(self.before.items(), key=lambda item: -len(item[0].parts)):
             if folder.is_dir():
                 for name in sorted(set(os.listdir(folder)) - names):
-                    removed.append(_remove(folder / name))
+                    if not shared or any(fnmatch.fnmatchcase(name, pattern) for pattern in SETUP_FILES):
+                        removed.append(_remove(folder / name))
             for parent in (folder, *folder.parents):
                 if parent == existing or not parent.is_dir() or any(parent.iterdir()):
                     break

@@ -347,3 +347,43 @@ def test_an_error_from_a_spawned_worker_is_unwrapped_to_its_message():
     wrapped = ValueError("Does not validate against any of the Union subtypes")
     wrapped.__cause__ = ConfigError("model.val_t must be in [0, 1], got 2")
     assert user_error_message(wrapped) == "model.val_t must be in [0, 1], got 2"
+
+
+def test_without_a_logger_a_failed_start_removes_only_its_own_setup_files(tmp_path, capsys, tiny_endpoints):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "mine.txt").write_text("mine")
+    args = repair_args(root, tiny_endpoints)[:-4] + [
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(root),
+    ]
+    assert_one_line_error(capsys, args + ["--data.holdout_size", "60"], "leaves no bonafide image")
+    assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]
+
+
+# ----------------------------------------------------------------------------------------------------- guards
+def test_output_snapshot_removes_only_what_appeared(tmp_path):
+    from mcrobust.guards import OutputSnapshot
+
+    shared, run = tmp_path / "shared", tmp_path / "logs" / "name" / "version_0"
+    shared.mkdir()
+    (shared / "old.txt").write_text("old")
+    snapshot = OutputSnapshot([run], shared_folders=[shared])
+    run.mkdir(parents=True)
+    (run / "anything.bin").write_bytes(b"x")
+    for name in ("config.yaml", "bonafide_indices.json", "events.out.tfevents.1.host", "someone_elses.txt"):
+        (shared / name).write_text("new")
+    snapshot.remove_new()
+    assert sorted(p.name for p in shared.iterdir()) == ["old.txt", "someone_elses.txt"]
+    assert not (tmp_path / "logs").exists()  # the folders the run created are gone too
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_check_finite_loss_names_the_step_and_the_value(value):
+    from mcrobust.guards import TrainingDiverged, check_finite_loss
+
+    check_finite_loss(torch.tensor(2.5), step=3)
+    with pytest.raises(TrainingDiverged, match=f"diverged at step 7: the loss is {value}"):
+        check_finite_loss(torch.tensor([1.0, value]), step=7)

@@ -89,13 +89,15 @@ def kill_after_first_checkpoint(args: list[str], tmp_path: Path, last: Path) -> 
     (tmp_path / "slow_batches.py").write_text(SLOW_BATCHES)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "mcrobust", *args, "--trainer.callbacks+", "slow_batches.SlowBatches"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert last.exists(), err.decode()[-3000:]
+    log = tmp_path / "killed_run.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert last.exists(), log.read_text()[-3000:]
     return process.returncode
 
 
