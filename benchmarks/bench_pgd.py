@@ -81,7 +81,7 @@ def run(quick: bool) -> tuple[list[Row], dict[str, Any]]:
     preresnet = create_net("preresnet", depth=20).eval()
     rows = [timing("tiny", tiny, x, y, repeats), *agreement_rows("tiny", tiny, x, y)]
     small = batch // 2 if quick else batch
-    rows.append(timing("preresnet20", preresnet, x[:small], y[:small], max(3, repeats // 2)))
+    rows.append(timing("preresnet20", preresnet, x[:small], y[:small], max(3, repeats // 2 + 1)))
     settings = {"batch": batch, "eps": EPS, "alpha": ALPHA, "steps": STEPS, "torchattacks": torchattacks.__version__}
     return rows, settings
 

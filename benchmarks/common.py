@@ -206,8 +206,8 @@ def table(rows: Sequence[Row], markdown: bool = False) -> str:
             "-" if row.repeats is None else str(row.repeats),
             _number(row.ours, "s"),
             _number(row.reference, "s"),
-            _number(row.value) + (row.unit if row.unit == "x" and row.ours is not None else ""),
-            "-" if row.cpu_ratio is None else _number(row.cpu_ratio) + "x",
+            f"{row.value:.3f}x" if row.unit == "x" and row.ours is not None else _number(row.value),
+            "-" if row.cpu_ratio is None else f"{row.cpu_ratio:.3f}x",
             "-" if row.goal is None else f"<= {row.goal:g}",
             {None: "-", True: "yes", False: "NO"}[row.met],
         ]
