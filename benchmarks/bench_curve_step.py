@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mcrobust.curves import CurveModel
 from mcrobust.nets import create_net
+from mcrobust.systems.curve import with_weight_decay
 
 NAME = "curve_step"
 GOAL = 1.05
@@ -47,10 +48,8 @@ def curve_step(curve: CurveModel, x: Tensor, y: Tensor, seed: int = 0) -> Callab
     def step() -> None:
         t = float(torch.rand((), generator=generator))
         optimizer.zero_grad(set_to_none=True)
-        weights = curve.weights(t)
-        loss = F.cross_entropy(curve.run(x, weights), y)
-        penalty = torch.stack([w.pow(2).sum() for w in weights.values()]).sum()
-        (loss + 0.5 * WEIGHT_DECAY * penalty).backward()
+        weights = with_weight_decay(curve.weights(t), WEIGHT_DECAY)  # CurveSystem's L2 on w(t)
+        F.cross_entropy(curve.run(x, weights), y).backward()
         optimizer.step()
 
     return step

@@ -215,7 +215,7 @@ def table(rows: Sequence[Row], markdown: bool = False) -> str:
     ]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
+        return "\n".join(out + ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines])
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in lines])

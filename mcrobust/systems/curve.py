@@ -17,6 +17,34 @@ from mcrobust.errors import ConfigError
 from mcrobust.systems.classification import ClassificationSystem
 
 
+class _WeightDecayGradient(torch.autograd.Function):
+    """Identity on the weights whose backward adds wd * w: the gradient of wd/2 ||w||^2 without building it.
+
+    Same gradients as adding the penalty to the loss (and, under DDP, reduced with them in the same backward), but
+    with no forward pow/sum and no extra backward graph: the curve step stays close to a plain training step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight_decay: float, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.weight_decay = weight_decay
+        ctx.save_for_backward(*weights)
+        return tuple(w.view_as(w) for w in weights)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
+        weights = ctx.saved_tensors
+        filled = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights, strict=True)]
+        return (None, *torch._foreach_add(filled, list(weights), alpha=ctx.weight_decay))
+
+
+def with_weight_decay(weights: dict[str, torch.Tensor], weight_decay: float) -> dict[str, torch.Tensor]:
+    """The same weights, whose gradients include that of weight_decay/2 * sum ||w||^2."""
+    if not weight_decay:
+        return weights
+    decayed = _WeightDecayGradient.apply(weight_decay, *weights.values())
+    return dict(zip(weights, decayed, strict=True))
+
+
 def step_t(seed: int, step: int, rank: int) -> float:
     """t ~ U(0,1) for one training step, a pure function of (seed, step, rank): resumed runs draw the same t."""
     generator = torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1))
@@ -27,7 +55,8 @@ class CurveSystem(ClassificationSystem):
     """A curve of networks from `start` (t=0) to `end` (t=1) whose free bends train on the bonafide data.
 
     Each training step draws one t ~ U(0,1) and minimises CE(phi_t(x), y) + weight_decay/2 ||w(t)||^2, the L2
-    penalty on the interpolated weights as in the paper's code (so the optimizer's own weight decay should be 0).
+    penalty on the interpolated weights as in the paper's code (so the optimizer's own weight decay should be 0);
+    the penalty enters through its gradient, wd * w(t), and `train/loss` logs the cross-entropy.
     Validation and test measure the point at `val_t` after recomputing its BatchNorm statistics on the bonafide
     data; the `PathEvaluation` callback sweeps the whole path. The checkpoint holds both endpoints, so a run
     resumes, and a trained path is evaluated, without the endpoint files.
@@ -95,13 +124,10 @@ class CurveSystem(ClassificationSystem):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         t = step_t(self.seed, self.global_step, self.global_rank)
-        weights = self.curve.weights(t)
+        weights = with_weight_decay(self.curve.weights(t), self.weight_decay)
         logits = self.curve.run(x, weights)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y)  # the L2 penalty on w(t) enters through its gradient only
         self.log_step_metrics("train", logits, y, loss)
-        if self.weight_decay:
-            penalty = torch.stack([w.pow(2).sum() for w in weights.values()]).sum()
-            loss = loss + 0.5 * self.weight_decay * penalty
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -133,3 +133,26 @@ def test_step_t_is_a_pure_function_of_seed_step_and_rank():
     draws = [step_t(0, step, 0) for step in range(200)]
     assert all(0.0 <= t < 1.0 for t in draws) and 0.4 < sum(draws) / len(draws) < 0.6
     assert step_t(0, 5, 0) == step_t(0, 5, 0) and step_t(0, 5, 0) != step_t(0, 5, 1) != step_t(1, 5, 0)
+
+
+def test_weight_decay_gradient_equals_the_explicit_penalty():
+    from mcrobust.curves import CurveModel
+    from mcrobust.systems.curve import with_weight_decay
+
+    torch.manual_seed(0)
+    curve = CurveModel(TinyNet(width=4), num_bends=3)
+    curve.set_endpoints(TinyNet(width=4).state_dict(), TinyNet(width=4).state_dict())
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    grads = []
+    for explicit in (True, False):
+        curve.zero_grad()
+        weights = curve.weights(0.3)
+        if explicit:
+            penalty = torch.stack([w.pow(2).sum() for w in weights.values()]).sum()
+            loss = F.cross_entropy(curve.run(x, weights), y) + 0.5 * 0.01 * penalty
+        else:
+            loss = F.cross_entropy(curve.run(x, with_weight_decay(weights, 0.01)), y)
+        loss.backward()
+        grads.append([p.grad.clone() for p in curve.parameters() if p.requires_grad])
+    for explicit, implicit in zip(*grads, strict=True):
+        torch.testing.assert_close(implicit, explicit, rtol=1e-5, atol=1e-7)
