@@ -245,7 +245,12 @@ class PathEvaluation(Callback):
         if not trainer.is_global_zero:
             return
         write_json(out / f"path_summary{suffix}.json", self.summary)
-        figure = plot_path(rows, str(out / f"path_figure{suffix}.png"), title=type(pl_module).__name__)
+        figure = plot_path(
+            rows,
+            str(out / f"path_figure{suffix}.png"),
+            title=type(pl_module).__name__,
+            selected_t=selection["selected_t"],
+        )
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if experiment is not None and hasattr(experiment, "add_figure"):
