@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mcrobust.attacks import PGD, AutoAttack
 from mcrobust.batchnorm import recompute_bn
 from mcrobust.errors import ConfigError
+from mcrobust.evaluation import COLUMNS as METRIC_COLUMNS
 from mcrobust.evaluation import PointEvaluator
 from mcrobust.injection import InjectionSets
 from mcrobust.pathstats import summarize_path
@@ -37,18 +38,7 @@ METRICS_FILE, SUMMARY_FILE, SETTINGS_FILE, FIGURE_FILE = (
     "path_settings.json",
     "path_figure.png",
 )
-COLUMNS = (
-    "t",
-    "clean_acc",
-    "clean_loss",
-    "asr",
-    "injection_success",
-    "injection_keep_acc",
-    "robust_acc",
-    "robust_loss",
-    "hessian_top_eig",
-    "hessian_top_eig_std",
-)
+COLUMNS = ("t", *METRIC_COLUMNS)  # the agreed path_metrics.csv columns, in order
 
 
 def t_grid(num_points: int, t_values: Sequence[float] | None) -> list[float]:
