@@ -2,5 +2,6 @@
 
 from mcrobust.callbacks.export_point import ExportPoint
 from mcrobust.callbacks.path_evaluation import PathEvaluation
+from mcrobust.callbacks.speedups import Speedups
 
-__all__ = ["ExportPoint", "PathEvaluation"]
+__all__ = ["ExportPoint", "PathEvaluation", "Speedups"]
