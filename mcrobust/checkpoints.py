@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mcrobust.atomic import atomic_path
 from mcrobust.errors import CheckpointError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
@@ -138,23 +138,13 @@ def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike[str])
     """
     path = Path(path)
     tensors = _plain_tensors(state_dict, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(_unshared(tensors), temporary, metadata={"format": "pt"})
+            save_file(_unshared(tensors), str(temporary), metadata={"format": "pt"})
         else:
             torch.save(tensors, temporary)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

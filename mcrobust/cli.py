@@ -12,7 +12,6 @@ import importlib
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +22,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from mcrobust.atomic import atomic_path
 from mcrobust.data.datamodules import RobustDataModule
 from mcrobust.errors import ConfigError, MCRobustError
 from mcrobust.guards import OutputSnapshot, check_resume_checkpoint, check_writable_folder
@@ -133,19 +133,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".mcrobust-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(checkpoint, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, prefix=".mcrobust-") as temporary:
+            torch.save(checkpoint, temporary)
         return None
 
 

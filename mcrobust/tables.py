@@ -6,10 +6,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from mcrobust.atomic import atomic_path
 
 
 def format_value(value: Any, digits: int = 4) -> str:
@@ -32,15 +33,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` to a temporary file beside `path`, then rename it: readers never see a partial file."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return target
 
 
