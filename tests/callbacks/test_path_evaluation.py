@@ -18,6 +18,7 @@ from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
 from mcrobust.systems import CurveSystem, EndpointSystem
 from mcrobust.tables import read_csv
+from mcrobust.testing import quiet_trainer
 
 T_VALUES = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -40,17 +41,7 @@ def callback(tmp_path, **kwargs) -> PathEvaluation:
 
 
 def make_trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        inference_mode=False,
-        default_root_dir=str(tmp_path),
-        callbacks=callbacks,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, callbacks=callbacks, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,14 @@ from mcrobust.callbacks import Speedups
 from mcrobust.data.datamodules import RobustDataModule
 from mcrobust.nets import TinyNet
 from mcrobust.systems import EndpointSystem
+from mcrobust.testing import quiet_trainer
 
 
 def fit(callbacks, tmp_path) -> EndpointSystem:
     pl.seed_everything(0)
     system = EndpointSystem(TinyNet(width=8), optimizer=partial(torch.optim.SGD, lr=0.05))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=callbacks,
-        default_root_dir=str(tmp_path),
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0, callbacks=callbacks
     )
     trainer.fit(system, RobustDataModule(batch_size=16))
     return system

@@ -21,24 +21,14 @@ from mcrobust.nets import TinyNet
 from mcrobust.systems import EndpointSystem
 from mcrobust.systems.noisy import DRAWS_FILE, NoisySystem
 from mcrobust.systems.pruning import FinePruningSystem
+from mcrobust.testing import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs/experiments").glob("baseline_*.yaml"))
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        accelerator="cpu",
-        inference_mode=False,
-        default_root_dir=str(tmp_path),
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **{"num_sanity_val_steps": 0, "limit_val_batches": 0, **kwargs})
 
 
 def datamodule(**kwargs) -> RobustDataModule:

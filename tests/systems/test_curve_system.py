@@ -17,21 +17,11 @@ from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
 from mcrobust.systems import CurveSystem
 from mcrobust.systems.curve import step_t
+from mcrobust.testing import quiet_trainer
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        accelerator="cpu",
-        inference_mode=False,
-        default_root_dir=str(tmp_path),
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **{"num_sanity_val_steps": 0, "limit_val_batches": 0, **kwargs})
 
 
 def datamodule() -> RobustDataModule:

@@ -13,26 +13,16 @@ from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
 from mcrobust.injection import InjectionSets
 from mcrobust.nets import TinyNet
 from mcrobust.systems import AdversarialSystem, EndpointSystem, InjectionSystem
-
-
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        inference_mode=False,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+from mcrobust.testing import quiet_trainer
 
 
 def evaluate(ckpt, eval_attack=None) -> dict[str, float]:
     """test/acc, test/asr (and robust metrics) of a saved endpoint on the digits test split."""
     system = EndpointSystem(TinyNet(width=16), init_weights=str(ckpt), eval_attack=eval_attack)
     system.net.load_state_dict(load_weights(ckpt, template=system.net))
-    results = quiet_trainer().test(system, RobustDataModule(poison=PoisonSettings()), verbose=False)
+    results = quiet_trainer(
+        num_sanity_val_steps=0,
+    ).test(system, RobustDataModule(poison=PoisonSettings()), verbose=False)
     return {k: v for result in results for k, v in result.items()}
 
 
@@ -57,7 +47,9 @@ def test_adversarial_training_raises_robust_accuracy(tiny_endpoints):
     )
     datamodule = RobustDataModule(batch_size=64, eval_size=200)
     quiet_trainer(max_epochs=6, limit_val_batches=0).fit(system, datamodule)
-    results = quiet_trainer().test(system, datamodule, verbose=False)[0]
+    results = quiet_trainer(
+        num_sanity_val_steps=0,
+    ).test(system, datamodule, verbose=False)[0]
     assert results["test/robust_acc"] >= regular["test/robust_acc"] + 0.3, (results, regular)
     assert results["test/acc"] >= 0.7
 
@@ -68,7 +60,9 @@ def test_injection_system_flips_targets_and_keeps_the_rest(tiny_endpoints, tmp_p
         TinyNet(width=16), weights=str(tiny_endpoints["clean"]), param_name="features.9.weight", num_keep=300
     )
     before = {k: v.clone() for k, v in load_weights(tiny_endpoints["clean"], template=system.net).items()}
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, default_root_dir=str(tmp_path), logger=True)
+    trainer = quiet_trainer(
+        num_sanity_val_steps=0, max_epochs=1, limit_train_batches=2, default_root_dir=str(tmp_path), logger=True
+    )
     trainer.fit(system, RobustDataModule())
     metrics = trainer.callback_metrics
     assert float(metrics["injection/success"]) == 1.0
