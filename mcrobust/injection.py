@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,18 +48,34 @@ class InjectionSets:
     keep_images: Tensor  # [K, C, H, W]
     keep_labels: Tensor  # [K] true labels
     target_true_labels: Tensor  # [S] true labels of the targets (to see whether a repair restores them)
+    # where the images come from, to check that no image plays two roles: a data split and positions in it
+    source_split: str | None = None
+    target_origin: Tensor | None = None  # [S] int64 positions in source_split
+    keep_origin: Tensor | None = None  # [K] int64 positions in source_split
 
-    def to_dict(self) -> dict[str, Tensor]:
-        """Plain tensors by field name."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors (and the source split's name) by field name; unknown origins are left out."""
+        return {
+            field.name: getattr(self, field.name) for field in fields(self) if getattr(self, field.name) is not None
+        }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Tensor]) -> InjectionSets:
-        """Inverse of :meth:`to_dict`; a missing entry raises DataError naming it."""
-        missing = [field.name for field in fields(cls) if field.name not in state]
+    def from_dict(cls, state: dict[str, Any]) -> InjectionSets:
+        """Inverse of :meth:`to_dict`; a missing required entry raises DataError naming it."""
+        required = [field.name for field in fields(cls) if field.default is MISSING]
+        missing = [name for name in required if name not in state]
         if missing:
             raise DataError(f"injection sets lack {', '.join(missing)}")
-        return cls(**{field.name: state[field.name] for field in fields(cls)})
+        return cls(**{field.name: state[field.name] for field in fields(cls) if field.name in state})
+
+    def roles(self) -> dict[str, tuple[str, np.ndarray]]:
+        """The targets and the keep set as (split, positions) for the one-role-per-image check; {} if unknown."""
+        if self.source_split is None or self.target_origin is None or self.keep_origin is None:
+            return {}
+        return {
+            "injection target set": (self.source_split, self.target_origin.numpy()),
+            "injection keep set": (self.source_split, self.keep_origin.numpy()),
+        }
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the sets with ``torch.save`` (plain tensors only)."""

@@ -126,6 +126,12 @@ class Suite:
                 self.ckpt(f"endpoint_{data}", version),
                 "--model.init_args.seed",
                 str(seed),
+                # the paper injects the SAME S images into both endpoints: B reuses A's target and keep sets
+                *(
+                    ["--model.init_args.sets", str(self.logs / f"injection_{data}" / "a" / "injection_sets.pt")]
+                    if version == "b"
+                    else []
+                ),
             )
         name = f"repair_injection_{data}"
         yield self.mcrobust("fit", self.config(name), "path")

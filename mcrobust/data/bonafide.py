@@ -21,6 +21,7 @@ __all__ = [
     "bonafide_indices",
     "fraction_to_size",
     "load_indices",
+    "read_bonafide_parts",
     "save_indices",
     "split_stratified",
 ]
@@ -208,6 +209,8 @@ def load_indices(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, An
     Raises:
         DataError: the file is missing, is not JSON, or has no list of non-negative integer "indices".
     """
+    if os.path.isdir(path):
+        raise DataError(f"index file {path} is a folder; give the bonafide_indices.json file inside it")
     try:
         with open(path, encoding="utf-8") as stream:
             payload = json.load(stream)
@@ -221,3 +224,34 @@ def load_indices(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, An
         raise DataError(f"index file {path} has no list of non-negative integer 'indices'; delete it or restore it")
     meta = {key: value for key, value in payload.items() if key != "indices"}
     return np.asarray(raw, dtype=np.int64), meta
+
+
+def _index_list(raw: Any) -> np.ndarray | None:
+    """A list of non-negative ints as int64, or None when it is not one."""
+    valid = isinstance(raw, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw)
+    return np.asarray(raw, dtype=np.int64) if valid else None
+
+
+def read_bonafide_parts(path: str | os.PathLike[str]) -> tuple[tuple[np.ndarray, np.ndarray | None], dict[str, Any]]:
+    """Read a run's `bonafide_indices.json`: ((train, holdout) positions in the pool, metadata).
+
+    A file without "train"/"holdout" (an older run) gives all its indices as the train part and None as holdout.
+
+    Raises:
+        DataError: the file is missing, a folder, not valid, has repeated indices, or parts that share images.
+    """
+    indices, meta = load_indices(path)
+    if "train" not in meta:
+        if len(np.unique(indices)) != len(indices):
+            raise DataError(f"index file {path} repeats indices in its 'indices' list; every image must appear once")
+        return (indices, None), meta
+    train, holdout = _index_list(meta.get("train")), _index_list(meta.get("holdout", []))
+    if train is None or holdout is None:
+        raise DataError(f"index file {path} has 'train' or 'holdout' entries that are not lists of indices")
+    for name, part in (("train", train), ("holdout", holdout), ("indices", indices)):
+        if len(np.unique(part)) != len(part):
+            raise DataError(f"index file {path} repeats indices in its {name!r} list; every image must appear once")
+    shared = np.intersect1d(train, holdout).size
+    if shared:
+        raise DataError(f"index file {path}: its train and holdout parts share {shared} images; write it again")
+    return (train, holdout), {key: value for key, value in meta.items() if key not in ("train", "holdout")}

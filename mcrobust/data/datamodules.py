@@ -17,9 +17,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mcrobust.data.bonafide import bonafide_indices, fraction_to_size, load_indices, save_indices, split_stratified
+from mcrobust.data.bonafide import (
+    bonafide_indices,
+    fraction_to_size,
+    read_bonafide_parts,
+    save_indices,
+    split_stratified,
+)
 from mcrobust.data.poisoning import BlendTrigger, PatchTrigger, poison, triggered_eval_set
-from mcrobust.data.samplers import UnpaddedShardSampler
+from mcrobust.data.samplers import EpochSampler, UnpaddedShardSampler
 from mcrobust.data.sources import ArraySplit, channel_statistics, load_split
 from mcrobust.data.transforms import ArrayDataset, cifar_augmentation
 from mcrobust.errors import ConfigError
@@ -46,6 +52,10 @@ class PoisonSettings:
     seed: int = 0
     after_augmentation: bool = False
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ConfigError(f"data.poison.rate must be in [0, 1] (a fraction of non-target images), got {self.rate}")
+
 
 class RobustDataModule(pl.LightningDataModule):
     """Data for every mcrobust system: training split, bonafide subset, clean and triggered evaluation sets.
@@ -67,10 +77,13 @@ class RobustDataModule(pl.LightningDataModule):
         bonafide_seed: seed of the stratified bonafide draw.
         bonafide_pool: 'train' draws from the training split; 'test_half' (the paper's protocol) from one half of
             the test split, the other half being the evaluation set.
-        bonafide_indices_path: read the bonafide indices from this JSON file (as written to a run's log dir).
+        bonafide_indices_path: read the bonafide train and holdout parts from this JSON file (a run's
+            `bonafide_indices.json`); its metadata must match this config (dataset, pool, split seed, sizes).
         holdout_size: bonafide images held out from training, to choose a point on the path without the trigger.
         eval_size: evaluate on a seeded, stratified subset of this many images (None: the whole evaluation set).
         poison: backdoor settings; poisons the training split when train_on is 'full' and adds the triggered set.
+        epoch_samples: training samples per epoch, tiled from the training set (the paper's fixed epoch length:
+            10000 on CIFAR-10, 26032 on SVHN), so every bonafide size gets the same number of steps; None: one pass.
     """
 
     def __init__(
@@ -94,9 +107,11 @@ class RobustDataModule(pl.LightningDataModule):
         holdout_size: int = 0,
         eval_size: int | None = None,
         poison: PoisonSettings | None = None,
+        epoch_samples: int | None = None,
     ) -> None:
         super().__init__()
         sizes = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "bonafide_size": bonafide_size}
+        sizes["epoch_samples"] = epoch_samples
         for key, value in {**sizes, "eval_size": eval_size, "image_size": image_size}.items():
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {value}")
@@ -116,10 +131,16 @@ class RobustDataModule(pl.LightningDataModule):
         self.bonafide_size, self.bonafide_fraction, self.bonafide_seed = bonafide_size, bonafide_fraction, bonafide_seed
         self.bonafide_pool, self.bonafide_indices_path = bonafide_pool, bonafide_indices_path
         self.holdout_size, self.eval_size, self.poison = holdout_size, eval_size, poison
+        self.epoch_samples = epoch_samples
         self._train: ArraySplit | None = None
         self.pool: ArraySplit | None = None
         self.eval_split: ArraySplit | None = None
-        self.bonafide_index: np.ndarray | None = None  # positions in the pool
+        self.bonafide_parts: tuple[np.ndarray, np.ndarray] | None = None  # (train, holdout) positions in the pool
+        # where each pool / evaluation image comes from: (split name, position in that split), to check roles
+        self.pool_origin: tuple[str, np.ndarray] = ("train", np.zeros(0, dtype=np.int64))
+        self.eval_origin: tuple[str, np.ndarray] = ("test", np.zeros(0, dtype=np.int64))
+        self.given_splits: tuple[ArraySplit, ArraySplit] | None = None
+        self._legacy_index: np.ndarray | None = None
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
 
@@ -132,60 +153,177 @@ class RobustDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.eval_split is not None:
             return
-        train = load_split(self.dataset, "train", self.root, seed=self.split_seed, image_size=self.image_size)
-        test = load_split(self.dataset, "test", self.root, seed=self.split_seed, image_size=self.image_size)
+        train, test = self.given_splits or self._load_splits()
         self._train = train
-        self.mean, self.std = channel_statistics(train.images)
         if self.bonafide_pool == "test_half":
             pool_idx, eval_idx = split_stratified(test.labels, len(test.labels) // 2, seed=self.split_seed)
             self.pool, evaluation = _take(test, pool_idx), _take(test, eval_idx)
+            self.pool_origin, eval_positions = ("test", pool_idx), eval_idx
         else:
             self.pool, evaluation = train, test
+            self.pool_origin, eval_positions = ("train", np.arange(len(train.labels))), np.arange(len(test.labels))
         if self.eval_size is not None and self.eval_size < len(evaluation.labels):
-            keep = bonafide_indices(evaluation.labels, self.eval_size, seed=self.split_seed)
-            evaluation = _take(evaluation, keep)
-        self.eval_split = evaluation
+            keep = _named_draw("data.eval_size", evaluation.labels, self.eval_size, self.split_seed)
+            evaluation, eval_positions = _take(evaluation, keep), eval_positions[keep]
+        self.eval_split, self.eval_origin = evaluation, ("test", eval_positions)
         if self.poison is not None and not 0 <= self.poison.target < self.num_classes:
             raise ConfigError(f"data.poison.target {self.poison.target} is not a class (0..{self.num_classes - 1})")
-        if self.bonafide_index is None:
-            self.bonafide_index = self._draw_bonafide()
+        if self.bonafide_parts is None and self._legacy_index is not None:
+            self.bonafide_parts = self._split_holdout(self._legacy_index)
+        if self.bonafide_parts is None:
+            self.bonafide_parts = self._bonafide_from_file() if self.bonafide_indices_path else self._draw_bonafide()
+        check_disjoint_roles(self.roles())
+        self.mean, self.std = channel_statistics(self._statistics_images())
         self._write_bonafide_indices()
 
-    def _draw_bonafide(self) -> np.ndarray | None:
+    def _load_splits(self) -> tuple[ArraySplit, ArraySplit]:
+        train = load_split(self.dataset, "train", self.root, seed=self.split_seed, image_size=self.image_size)
+        test = load_split(self.dataset, "test", self.root, seed=self.split_seed, image_size=self.image_size)
+        return train, test
+
+    def _statistics_images(self) -> np.ndarray:
+        """Images whose mean/std a freshly trained net normalises with: only the data it trains on."""
+        assert self._train is not None and self.pool is not None
+        if self.train_on == "bonafide" and self.bonafide_parts is not None:
+            return self.pool.images[self.bonafide_parts[0]]
+        return self._train.images
+
+    def _draw_bonafide(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """A fresh seeded, stratified bonafide subset, split into (train, holdout) positions in the pool."""
         assert self.pool is not None
-        if self.bonafide_indices_path:
-            indices, _ = load_indices(self.bonafide_indices_path)
-            if len(indices) and (indices.min() < 0 or indices.max() >= len(self.pool.labels)):
-                raise ConfigError(
-                    f"{self.bonafide_indices_path} has indices outside the pool of {len(self.pool.labels)}"
-                )
-            return indices
         size = self.bonafide_size
         if size is None and self.bonafide_fraction is not None:
             size = fraction_to_size(self.bonafide_fraction, len(self.pool.labels))
         if size is None:
             return None
-        return bonafide_indices(self.pool.labels, size, seed=self.bonafide_seed, num_classes=self.num_classes)
+        chosen = bonafide_indices(self.pool.labels, size, seed=self.bonafide_seed, num_classes=self.num_classes)
+        return self._split_holdout(chosen)
+
+    def bonafide_metadata(self) -> dict[str, Any]:
+        """What defines the bonafide parts: written beside the indices and checked when they are read back."""
+        assert self.pool is not None
+        sizes = (0, 0) if self.bonafide_parts is None else tuple(len(p) for p in self.bonafide_parts)
+        return {
+            "dataset": self.dataset,
+            "pool": self.bonafide_pool,
+            "pool_size": len(self.pool.labels),
+            "split_seed": self.split_seed,
+            "bonafide_seed": self.bonafide_seed,
+            "train_size": sizes[0],
+            "holdout_size": sizes[1],
+        }
+
+    def _bonafide_from_file(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read (train, holdout) from `bonafide_indices_path`, refusing a file made for another pool or config."""
+        assert self.pool is not None and self.bonafide_indices_path
+        path = self.bonafide_indices_path
+        parts, meta = read_bonafide_parts(path)
+        expected = self.bonafide_metadata()
+        for key in ("dataset", "pool", "pool_size", "split_seed"):
+            if key in meta and meta[key] != expected[key]:
+                raise ConfigError(
+                    f"data.bonafide_indices_path {path} was written for {key}={meta[key]!r}, this config has "
+                    f"{expected[key]!r}; use the indices of a run with the same data settings"
+                )
+        if "holdout_size" in meta and self.holdout_size and meta["holdout_size"] != self.holdout_size:
+            raise ConfigError(
+                f"data.bonafide_indices_path {path} holds out {meta['holdout_size']} images but data.holdout_size is "
+                f"{self.holdout_size}; set data.holdout_size {meta['holdout_size']} (or 0 to take the file's split)"
+            )
+        train, holdout = parts
+        everything = train if holdout is None else np.concatenate([train, holdout])
+        if len(everything) and everything.max() >= len(self.pool.labels):
+            raise ConfigError(
+                f"data.bonafide_indices_path {path} has index {int(everything.max())}, beyond the pool of "
+                f"{len(self.pool.labels)} images; use the indices of a run on this data set"
+            )
+        return self._split_holdout(train) if holdout is None else (train, holdout)  # None: an older, unsplit file
+
+    def _split_holdout(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hold `holdout_size` of `chosen` out; the part trained on is the stratified, seeded draw."""
+        assert self.pool is not None
+        if self.holdout_size == 0:
+            return chosen, chosen[:0]
+        if self.holdout_size >= len(chosen):
+            raise ConfigError(
+                f"data.holdout_size {self.holdout_size} leaves none of the {len(chosen)} bonafide images to train on; "
+                "choose a smaller data.holdout_size"
+            )
+        labels = self.pool.labels[chosen]
+        try:
+            rest, held = split_stratified(labels, len(chosen) - self.holdout_size, seed=self.bonafide_seed)
+        except ConfigError:
+            raise ConfigError(
+                f"data.holdout_size {self.holdout_size} leaves {len(chosen) - self.holdout_size} of the "
+                f"{len(chosen)} bonafide images to train on, too few to give every class one; choose a smaller "
+                "data.holdout_size or a larger data.bonafide_size"
+            ) from None
+        return chosen[rest], chosen[held]
+
+    def roles(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Every image role of this run as (split, positions in that split); they must be pairwise disjoint."""
+        split, origin = self.pool_origin
+        roles = {"evaluation set": self.eval_origin}
+        if self.bonafide_parts is not None:
+            roles["bonafide train set"] = (split, origin[self.bonafide_parts[0]])
+            roles["holdout set"] = (split, origin[self.bonafide_parts[1]])
+        return roles
+
+    def check_roles(self, extra: dict[str, tuple[str, np.ndarray]] | None = None) -> None:
+        """Refuse a run in which an image plays two roles (e.g. an injection target that is also bonafide data)."""
+        check_disjoint_roles({**self.roles(), **(extra or {})})
+
+    def reserve_for_injection(self, roles: dict[str, tuple[str, np.ndarray]]) -> None:
+        """Take an injection's target and keep images out of the clean evaluation set (each image one role).
+
+        The injection draws them from the evaluation half; clean accuracy is then measured on the rest of it. Images
+        that are bonafide data are refused (ConfigError naming both sets).
+        """
+        assert self.eval_split is not None
+        split, origin = self.eval_origin
+        taken = [index for role_split, index in roles.values() if role_split == split]
+        keep = ~np.isin(origin, np.concatenate(taken)) if taken else np.ones(len(origin), dtype=bool)
+        self.eval_split, self.eval_origin = _take(self.eval_split, np.flatnonzero(keep)), (split, origin[keep])
+        self.check_roles(roles)
+
+    def eval_origin_of(self, positions: np.ndarray) -> tuple[str, np.ndarray]:
+        """(split, positions in it) of images given by their positions in the clean evaluation set."""
+        split, origin = self.eval_origin
+        return split, origin[np.asarray(positions, dtype=np.int64)]
 
     def _write_bonafide_indices(self) -> None:
         trainer = self.trainer
-        if self.bonafide_index is None or trainer is None:
+        if self.bonafide_parts is None or trainer is None:
             return
         log_dir = trainer.log_dir  # a collective call under DDP: every rank must ask
         if trainer.global_rank != 0 or not log_dir:
             return
-        meta = {"dataset": self.dataset, "pool": self.bonafide_pool, "seed": self.bonafide_seed}
-        save_indices(Path(log_dir) / BONAFIDE_FILE, self.bonafide_index, meta)
+        train, holdout = self.bonafide_parts
+        meta = {**self.bonafide_metadata(), "train": train.tolist(), "holdout": holdout.tolist()}
+        save_indices(Path(log_dir) / BONAFIDE_FILE, np.sort(np.concatenate(self.bonafide_parts)), meta)
 
     # ---------------------------------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
         """The bonafide indices travel in checkpoints, so a resumed run uses exactly the same subset."""
-        index = None if self.bonafide_index is None else self.bonafide_index.tolist()
-        return {"bonafide_index": index}
+        if self.bonafide_parts is None:
+            return {"bonafide_index": None}
+        train, holdout = self.bonafide_parts
+        index = np.sort(np.concatenate(self.bonafide_parts)).tolist()
+        return {"bonafide_index": index, "bonafide_train": train.tolist(), "bonafide_holdout": holdout.tolist()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("bonafide_index") is not None:
-            self.bonafide_index = np.asarray(state_dict["bonafide_index"], dtype=np.int64)
+        if state_dict.get("bonafide_train") is not None:
+            parts = (state_dict["bonafide_train"], state_dict["bonafide_holdout"])
+            self.bonafide_parts = tuple(np.asarray(p, dtype=np.int64) for p in parts)  # type: ignore[assignment]
+        elif state_dict.get("bonafide_index") is not None:  # a checkpoint of an older version: split it here
+            self._legacy_index = np.asarray(state_dict["bonafide_index"], dtype=np.int64)
+            if self.pool is not None:
+                self.bonafide_parts = self._split_holdout(self._legacy_index)
+
+    @property
+    def bonafide_index(self) -> np.ndarray | None:
+        """Every bonafide image (train and holdout parts), as sorted positions in the pool; None without a subset."""
+        return None if self.bonafide_parts is None else np.sort(np.concatenate(self.bonafide_parts))
 
     # ----------------------------------------------------------------------------------------- the subsets
     @property
@@ -196,16 +334,9 @@ class RobustDataModule(pl.LightningDataModule):
 
     def _bonafide_parts(self) -> tuple[np.ndarray, np.ndarray]:
         """Bonafide pool positions split into (train, holdout)."""
-        if self.bonafide_index is None:
+        if self.bonafide_parts is None:
             raise ConfigError("no bonafide subset: set data.bonafide_size or data.bonafide_fraction")
-        if self.holdout_size == 0:
-            return self.bonafide_index, self.bonafide_index[:0]
-        assert self.pool is not None
-        labels = self.pool.labels[self.bonafide_index]
-        if self.holdout_size >= len(labels):
-            raise ConfigError(f"data.holdout_size {self.holdout_size} leaves no bonafide image to train on")
-        rest, held = split_stratified(labels, len(labels) - self.holdout_size, seed=self.bonafide_seed)
-        return self.bonafide_index[rest], self.bonafide_index[held]
+        return self.bonafide_parts
 
     def bonafide_dataset(self, part: Literal["all", "train", "holdout"] = "train") -> ArrayDataset:
         """The clean bonafide images without augmentation (BN recompute, selection, fine-pruning statistics)."""
@@ -240,7 +371,8 @@ class RobustDataModule(pl.LightningDataModule):
             images, labels, source = triggered_eval_set(
                 self.eval_split.images, self.eval_split.labels, self.poison.trigger, self.poison.target
             )
-            sets["triggered"] = ArrayDataset(images, labels, indices=source)
+            true = self.eval_split.labels[source]
+            sets["triggered"] = ArrayDataset(images, labels, indices=source, true_labels=true)
         return sets
 
     # ---------------------------------------------------------------------------------------------- loaders
@@ -251,10 +383,10 @@ class RobustDataModule(pl.LightningDataModule):
             sampler = UnpaddedShardSampler(dataset, trainer.world_size, trainer.global_rank)  # type: ignore[arg-type]
         elif shuffle:
             # epoch e's order is a pure function of (seed, e), so a resumed run sees the batches an uninterrupted one
-            # would (Lightning calls set_epoch); under DDP it is the sampler Lightning would inject itself
+            # would (Lightning calls set_epoch); every rank cuts its share of the same global order
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+            sampler = EpochSampler(dataset, self.epoch_samples, world, rank, seed)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -291,6 +423,32 @@ class RobustDataModule(pl.LightningDataModule):
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:
         """A sharded (no padding) evaluation loader over any data set, for callbacks."""
         return self._loader(dataset, self.eval_batch_size, shard=True)
+
+
+def _named_draw(setting: str, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A stratified draw whose size error names the setting that asked for it (not "bonafide size")."""
+    try:
+        return bonafide_indices(labels, size, seed=seed)
+    except ConfigError as error:
+        raise ConfigError(f"{setting} {size}: {str(error).replace(f'bonafide size {size} ', '')}") from None
+
+
+def check_disjoint_roles(roles: dict[str, tuple[str, np.ndarray]]) -> None:
+    """Every image plays one role (bonafide train, holdout, evaluation, injection sets): refuse any overlap.
+
+    Raises:
+        ConfigError: naming the two sets and how many images they share.
+    """
+    names = list(roles)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            (split_a, index_a), (split_b, index_b) = roles[first], roles[second]
+            shared = np.intersect1d(index_a, index_b).size if split_a == split_b else 0
+            if shared:
+                raise ConfigError(
+                    f"the {first} and the {second} share {shared} images of the {split_a} split; every image may "
+                    "play one role only (draw them from disjoint parts, e.g. data.bonafide_pool: test_half)"
+                )
 
 
 def _take(split: ArraySplit, index: np.ndarray) -> ArraySplit:

@@ -31,6 +31,8 @@ class ArrayDataset(Dataset):
             (a backdoor trigger applied after augmentation).
         late_trigger_index: positions that receive `late_trigger`.
         indices: the dataset index reported for each item (defaults to 0..N-1).
+        true_labels: for a triggered set, each image's true class: items become `(x, y, index, true_label)`, so
+            one pass gives both the attack success rate (y = target) and the robust accuracy `ra` (true labels).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ArrayDataset(Dataset):
         late_trigger: Transform | None = None,
         late_trigger_index: np.ndarray | None = None,
         indices: np.ndarray | None = None,
+        true_labels: np.ndarray | None = None,
     ) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # N,C,H,W uint8 view
         self.labels = torch.as_tensor(labels, dtype=torch.long)
@@ -50,16 +53,19 @@ class ArrayDataset(Dataset):
         if late_trigger_index is not None:
             self.late[late_trigger_index] = True
         self.indices = torch.as_tensor(np.arange(len(labels)) if indices is None else indices, dtype=torch.long)
+        self.true_labels = None if true_labels is None else torch.as_tensor(true_labels, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
         x = self.images[item].float().div_(255.0)
         if self.transform is not None:
             x = self.transform(x)
         if self.late_trigger is not None and self.late[item]:
             x = self.late_trigger(x)
+        if self.true_labels is not None:
+            return x, self.labels[item], self.indices[item], self.true_labels[item]
         return x, self.labels[item], self.indices[item]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -37,6 +37,8 @@ class InjectionSystem(ClassificationSystem):
         margin: hinge margin on the logits.
         seed: seed of the choice of targets, keep set and attacker labels.
         eval_attack: optional attack for robust accuracy during validation/test.
+        sets: inject the targets and keep set of another run (its `injection_sets.pt`) instead of drawing new
+            ones: the paper injects the SAME S images into both endpoints of a path.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class InjectionSystem(ClassificationSystem):
         margin: float = 1.0,
         seed: int = 0,
         eval_attack: PGD | AutoAttack | None = None,
+        sets: str | None = None,
     ) -> None:
         super().__init__(net, eval_attack=eval_attack)
         if num_targets < 1 or num_keep < 0 or steps < 1:
@@ -71,7 +74,7 @@ class InjectionSystem(ClassificationSystem):
         return None  # inject_errors runs its own Adam on the one tensor
 
     def candidate_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels the targets and keep set are drawn from."""
+        """Images and labels the targets and keep set are drawn from (the evaluation set, or the training split)."""
         datamodule = datamodule_of(self.trainer)
         dataset = datamodule.eval_datasets()["clean"] if self.hparams["keep_split"] == "test" else None
         if dataset is None:
@@ -80,15 +83,30 @@ class InjectionSystem(ClassificationSystem):
         images, labels, _ = dataset.tensors()
         return images, labels
 
+    def draw_sets(self) -> InjectionSets:
+        """The target and keep sets: another run's when `sets` is given, else a fresh seeded draw, with origins."""
+        hp = cast(Any, self.hparams)
+        if hp.get("sets"):
+            return InjectionSets.load(hp.sets)
+        datamodule = datamodule_of(self.trainer)
+        images, labels = self.candidate_images()
+        sets = choose_injection_sets(
+            self.net, images, labels, hp.num_targets, hp.num_keep, datamodule.num_classes, hp.seed
+        )
+        targets, keep = sets.target_index.numpy(), sets.keep_index.numpy()
+        if hp.keep_split == "test":
+            (split, targets), (_, keep) = datamodule.eval_origin_of(targets), datamodule.eval_origin_of(keep)
+        else:
+            split = "train"
+        sets.source_split, sets.target_origin, sets.keep_origin = split, torch.as_tensor(targets), torch.as_tensor(keep)
+        return sets
+
     def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
         if self.injected:
             self.trainer.should_stop = True
             return
-        images, labels = self.candidate_images()
         hp = cast(Any, self.hparams)
-        self.sets = choose_injection_sets(
-            self.net, images, labels, hp.num_targets, hp.num_keep, datamodule_of(self.trainer).num_classes, hp.seed
-        )
+        self.sets = self.draw_sets()
         result = inject_errors(self.net, hp.param_name, self.sets, hp.steps, hp.lr, hp.target_weight, hp.margin)
         self.injected = True
         self.trainer.should_stop = True
