@@ -14,6 +14,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "repair": "mcrobust.api",
+    "evaluate": "mcrobust.api",
+    "RepairResult": "mcrobust.api",
     "PGD": "mcrobust.attacks",
     "AutoAttack": "mcrobust.attacks",
     "recompute_bn": "mcrobust.batchnorm",

@@ -74,3 +74,15 @@ def test_explicit_t_is_returned_as_is():
 def test_bad_input_raises_config_error(rows, kwargs):
     with pytest.raises(ConfigError):
         select_t(rows, **kwargs)
+
+
+def test_automatic_tolerance_is_one_standard_error_and_at_least_one_image():
+    from mcrobust.selection import standard_error_tolerance
+
+    assert standard_error_tolerance(1.0, 30) == pytest.approx(1 / 30)  # no spread: one image
+    assert standard_error_tolerance(0.9, 100) == pytest.approx(0.03)  # sqrt(0.09 / 100)
+    rows = [{"t": t, "holdout_acc": acc} for t, acc in [(0, 0.93), (0.3, 0.93), (0.5, 0.967), (0.7, 1.0), (1, 0.93)]]
+    assert select_t(rows, tolerance=0.02).t == 0.7  # one image of 30 decides against the middle
+    assert select_t(rows, tolerance=None, count=30).t == 0.5  # within one image of the best: the middle
+    with pytest.raises(ConfigError, match="number of held-out images"):
+        select_t(rows, tolerance=None)

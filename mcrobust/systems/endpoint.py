@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -21,8 +23,11 @@ class EndpointSystem(ClassificationSystem):
         net: the architecture.
         optimizer: optimizer factory.
         scheduler: learning-rate scheduler factory (None: constant).
-        init_weights: start from these weights (.ckpt, .pt/.pth or .safetensors) instead of a fresh init.
+        init_weights: these weights (.ckpt, .pt/.pth or .safetensors, nested layouts accepted): where fit starts
+            instead of a fresh init, and what validate/test evaluate.
         eval_attack: attack for `val|test/robust_acc` and `robust_loss` (PGD or AutoAttack); None: no attack.
+        normalize: input statistics a foreign net expects ("0.5,0.5", "imagenet", JSON); None: it takes pixels.
+        output: what the net returns: "logits", "probabilities" or "log_probabilities".
     """
 
     def __init__(
@@ -32,16 +37,18 @@ class EndpointSystem(ClassificationSystem):
         scheduler: LRSchedulerCallable | None = None,
         init_weights: str | None = None,
         eval_attack: PGD | AutoAttack | None = None,
+        normalize: str | None = None,
+        output: Literal["logits", "probabilities", "log_probabilities"] = "logits",
     ) -> None:
-        super().__init__(net, optimizer, scheduler, eval_attack)
+        super().__init__(net, optimizer, scheduler, eval_attack, normalize, output)
         self.init_weights = init_weights
         self.save_plain_hyperparameters()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage != "fit" or self.trainer.ckpt_path is not None:
-            return  # a resumed run restores everything from its own checkpoint
-        if self.init_weights:
+        if self.trainer.ckpt_path is not None:
+            return  # a resumed run, or a test of a checkpoint, restores everything from that checkpoint
+        if self.init_weights:  # every stage: `mcrobust test --model.init_args.init_weights x.pt` evaluates x.pt
             self.net.load_state_dict(load_weights(self.init_weights, template=self.net))
-        else:
+        elif stage == "fit":
             self.use_data_statistics()
