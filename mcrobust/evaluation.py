@@ -1,11 +1,11 @@
-"""Measure one model: clean accuracy/loss, ASR, injection success, PGD robustness and the input-Hessian spectrum.
+"""Measure one model: clean accuracy/loss, ASR and RA, injection success, PGD robustness, the input-Hessian spectrum.
 
-"A point on a path is just a model" (DESIGN.md): path evaluation, endpoint tests and baselines all call
+"A point on a path is just a model" (docs/architecture.md): path evaluation, endpoint tests and baselines all call
 :meth:`PointEvaluator.evaluate` on a plain ``nn.Module`` and get one row of ``path_metrics.csv`` (Zhao et al. 2020,
 §4-5). Sums of per-sample values live in a torchmetrics state that torchmetrics sums over DDP ranks, and every
 per-sample random number comes from the sample's dataset index, so an unpadded sharding over any number of
 processes, any batch size and any batch order give the numbers of a single-process run (counts exactly, sums up to
-float64 round-off).
+float64 round-off). The per-sample Hessian eigenvalues are gathered over ranks for their median and quartiles.
 """
 
 from __future__ import annotations
@@ -25,20 +25,27 @@ from mcrobust.errors import ConfigError
 from mcrobust.hessian import input_hessian_top_eigenvalues
 from mcrobust.injection import InjectionSets, injection_metrics
 
-__all__ = ["COLUMNS", "SET_NAMES", "PointEvaluator"]
+__all__ = ["COLUMNS", "COUNT_COLUMNS", "SET_NAMES", "PointEvaluator"]
 
 # Column order of path_metrics.csv (after `t`); a row holds those that apply, then hessian_eig_2..k.
 COLUMNS = (
     "clean_acc",
     "clean_loss",
     "asr",
+    "ra",
     "injection_success",
     "injection_keep_acc",
     "robust_acc",
     "robust_loss",
     "hessian_top_eig",
     "hessian_top_eig_std",
+    "hessian_top_eig_median",
+    "hessian_top_eig_q25",
+    "hessian_top_eig_q75",
 )
+COUNT_COLUMNS = ("n_clean", "n_triggered")
+"""Images measured in each set (``evaluate(counts=True)``): the n of a confidence interval for an accuracy."""
+_QUANTILES = {"hessian_top_eig_median": 0.5, "hessian_top_eig_q25": 0.25, "hessian_top_eig_q75": 0.75}
 SET_NAMES = ("clean", "triggered")
 
 
@@ -112,10 +119,13 @@ class PointEvaluator:
 
     Columns (fractions in [0,1], losses as mean cross-entropy), only those that apply: ``clean_acc, clean_loss``;
     ``asr`` with a triggered set (accuracy on it: its labels are the target, and it should hold only images whose
-    true class is not the target); ``injection_success, injection_keep_acc`` with injection sets; ``robust_acc,
-    robust_loss`` with an attack (on the clean set); ``hessian_top_eig, hessian_top_eig_std`` (mean and sample
-    standard deviation, ddof=1, of the per-sample input-Hessian top eigenvalue) with ``hessian_samples > 0``, plus
-    ``hessian_eig_2..k`` (means) when ``hessian_top_k > 1``.
+    true class is not the target); ``ra`` when its batches are ``(x, target, index, true_label)`` (robust accuracy,
+    BackdoorBench's third metric: accuracy of the same triggered forward pass against the true labels);
+    ``injection_success, injection_keep_acc`` with injection sets; ``robust_acc, robust_loss`` with an attack (on the
+    clean set); ``hessian_top_eig, hessian_top_eig_std`` (mean and sample standard deviation, ddof=1, of the
+    per-sample input-Hessian top eigenvalue) and ``hessian_top_eig_median, _q25, _q75`` (its quartiles, linear
+    interpolation as ``numpy.quantile``) with ``hessian_samples > 0``, plus ``hessian_eig_2..k`` (means) when
+    ``hessian_top_k > 1``; last, with ``counts=True``, ``n_clean`` and ``n_triggered`` (images measured).
 
     The Hessian samples are the ``hessian_samples`` clean samples with the smallest dataset indices (over all
     ranks), so the measured images do not depend on batching, order or sharding. They are collected during the pass
@@ -160,15 +170,25 @@ class PointEvaluator:
         self.hessian_batch_size = hessian_batch_size
         self.seed = seed
 
-    def columns(self, set_names: Iterable[str] = ("clean",), injection: bool = False) -> list[str]:
-        """The row's column names, in CSV order, for these evaluation sets and with or without injection sets."""
+    def columns(
+        self,
+        set_names: Iterable[str] = ("clean",),
+        injection: bool = False,
+        true_labels: bool = False,
+        counts: bool = False,
+    ) -> list[str]:
+        """The row's column names, in CSV order, for these sets, with or without injection sets and true labels."""
         names = set(set_names)
+        triggered = "triggered" in names
         present = {"clean_acc", "clean_loss"}
-        present |= {"asr"} if "triggered" in names else set()
+        present |= {"asr"} if triggered else set()
+        present |= {"ra"} if triggered and true_labels else set()
         present |= {"injection_success", "injection_keep_acc"} if injection else set()
         present |= {"robust_acc", "robust_loss"} if self.attack is not None else set()
-        present |= {"hessian_top_eig", "hessian_top_eig_std"} if self.hessian_samples > 0 else set()
+        present |= {"hessian_top_eig", "hessian_top_eig_std", *_QUANTILES} if self.hessian_samples > 0 else set()
         extra = [f"hessian_eig_{j}" for j in range(2, self.hessian_top_k + 1)] if self.hessian_samples > 0 else []
+        if counts:
+            extra += ["n_clean", "n_triggered"] if triggered else ["n_clean"]
         return [name for name in COLUMNS if name in present] + extra
 
     def evaluate(
@@ -178,6 +198,7 @@ class PointEvaluator:
         injection_sets: InjectionSets | None = None,
         device: torch.device | str | None = None,
         sync: bool = True,
+        counts: bool = False,
     ) -> dict[str, float]:
         """Measure ``model`` and return its row ``{column: value}`` (see the class docstring for the columns).
 
@@ -189,10 +210,12 @@ class PointEvaluator:
             model: the classifier (plain module, never a DDP wrapper).
             sets: 'clean' (required) and optionally 'triggered', each an iterable of ``(x, y, index)`` batches
                 (``index`` = dataset indices; with ``(x, y)`` batches positions in this iteration are used, which
-                makes random starts depend on batching).
+                makes random starts depend on batching); triggered batches ``(x, target, index, true_label)`` add
+                ``ra``.
             injection_sets: error-injection targets and keep set, measured in full on every rank.
             device: where batches go; defaults to the model's device.
             sync: sum over DDP ranks when a process group is initialised; False measures this rank's data alone.
+            counts: add ``n_clean`` (and ``n_triggered``), the numbers of images measured (over all ranks).
         """
         unknown = sorted(set(sets) - set(SET_NAMES))
         if "clean" not in sets or unknown:
@@ -205,23 +228,26 @@ class PointEvaluator:
         first = _FirstSamples(self.hessian_samples)
         row: dict[str, float] = {}
         with eval_mode(model):
-            for x, y, index in _batches(sets["clean"], target, dtype):
+            for x, y, index, _ in _batches(sets["clean"], target, dtype):
                 self._clean_batch(model, x, y, index, sums)
                 first.offer(x, y, index)
-            for x, y, _ in _batches(sets.get("triggered", ()), target, dtype):
-                sums.update({"triggered_count": len(y), "triggered_correct": _hits(_logits(model, x), y)})
+            for x, y, _, true_y in _batches(sets.get("triggered", ()), target, dtype):
+                sums.update(_triggered_values(_logits(model, x), y, true_y))
             if self.hessian_samples > 0:
-                self._hessian(model, first, sums, sync)
+                row |= _quartiles(self._hessian(model, first, sums, sync))
             if injection_sets is not None:
                 measured = injection_metrics(model, injection_sets)
-                row = {"injection_success": measured["success"], "injection_keep_acc": measured["keep_acc"]}
+                row |= {"injection_success": measured["success"], "injection_keep_acc": measured["keep_acc"]}
         totals = dict(zip(sums.names, sums.compute().tolist(), strict=True))
-        row |= self._metrics(totals, triggered="triggered" in sets)
-        return {name: row[name] for name in self.columns(sets, injection_sets is not None)}
+        triggered = "triggered" in sets
+        row |= self._metrics(totals, triggered=triggered)
+        row |= {"n_clean": int(totals["clean_count"]), "n_triggered": int(totals["triggered_count"])}
+        true_labels = triggered and totals["ra_count"] > 0
+        return {name: row[name] for name in self.columns(sets, injection_sets is not None, true_labels, counts)}
 
     def _sum_names(self) -> list[str]:
         names = ["clean_count", "clean_correct", "clean_loss", "triggered_count", "triggered_correct"]
-        names += ["robust_correct", "robust_loss", "hessian_count", "hessian_sumsq"]
+        names += ["ra_count", "ra_correct", "robust_correct", "robust_loss", "hessian_count", "hessian_sumsq"]
         return names + [f"hessian_sum_{j}" for j in range(1, self.hessian_top_k + 1)]
 
     def _clean_batch(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor, sums: _Sums) -> None:
@@ -235,20 +261,28 @@ class PointEvaluator:
             values["robust_loss"] = F.cross_entropy(adv_logits, y, reduction="none")
         sums.update(values)
 
-    def _hessian(self, model: nn.Module, first: _FirstSamples, sums: _Sums, sync: bool) -> None:
-        """Top-k input-Hessian eigenvalues of this rank's share of the first ``hessian_samples`` samples."""
+    def _hessian_share(self, first: _FirstSamples, device: torch.device, sync: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's share of the first ``hessian_samples`` samples (by dataset index) over all ranks."""
         if first.x is None or first.y is None or first.index is None:
             x, y, index = torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         else:
             x, y, index = first.x, first.y, first.index
         if sync and _distributed():  # every rank takes part, even with no local candidates
-            candidates = torch.cat(gather_all_tensors(index.to(sums.totals.device)))
+            candidates = torch.cat(gather_all_tensors(index.to(device)))
             if len(candidates) > self.hessian_samples:
                 threshold = torch.kthvalue(candidates.cpu(), self.hessian_samples).values.to(index.device)
                 keep = index <= threshold
                 x, y, index = x[keep], y[keep], index[keep]
-        if len(index) == 0:
-            return
+        return x, y, index
+
+    def _hessian(self, model: nn.Module, first: _FirstSamples, sums: _Sums, sync: bool) -> Tensor:
+        """Top-k input-Hessian eigenvalues of this rank's share of the samples, summed into ``sums``.
+
+        Returns the top eigenvalue of every measured sample, gathered over ranks under ``sync`` (for the quartiles).
+        """
+        state = sums.totals
+        x, y, index = self._hessian_share(first, state.device, sync)
+        top = [torch.empty(0, dtype=state.dtype, device=state.device)]
         size = self.hessian_batch_size or max(1, first.largest_batch // self.hessian_top_k)
         for start in range(0, len(index), size):
             chunk = slice(start, start + size)
@@ -263,7 +297,10 @@ class PointEvaluator:
                 index=index[chunk],
             )
             sums.update({f"hessian_sum_{j + 1}": values[:, j] for j in range(self.hessian_top_k)})
-            sums.update({"hessian_count": len(values), "hessian_sumsq": values[:, 0].to(sums.totals.dtype).square()})
+            sums.update({"hessian_count": len(values), "hessian_sumsq": values[:, 0].to(state.dtype).square()})
+            top.append(values[:, 0].detach().to(state.device, state.dtype))
+        local = torch.cat(top)
+        return torch.cat(gather_all_tensors(local)) if sync and _distributed() else local
 
     def _metrics(self, totals: Mapping[str, float], triggered: bool) -> dict[str, float]:
         """Means (and the Hessian spread) from the summed totals."""
@@ -271,6 +308,9 @@ class PointEvaluator:
         row = {"clean_acc": _ratio(totals["clean_correct"], count), "clean_loss": _ratio(totals["clean_loss"], count)}
         if triggered:
             row["asr"] = _ratio(totals["triggered_correct"], totals["triggered_count"])
+            row["ra"] = _ratio(totals["ra_correct"], totals["ra_count"])
+            if 0 < totals["ra_count"] != totals["triggered_count"]:
+                raise ConfigError("some triggered batches carry true labels and some do not: ra would be partial")
         if self.attack is not None:
             row["robust_acc"] = _ratio(totals["robust_correct"], count)
             row["robust_loss"] = _ratio(totals["robust_loss"], count)
@@ -285,15 +325,38 @@ class PointEvaluator:
         return row
 
 
-def _batches(loader: Iterable[Any], device: torch.device, dtype: torch.dtype | None) -> Iterable[tuple[Tensor, ...]]:
-    """``(x, y, index)`` on ``device``, images in the model's dtype; ``(x, y)`` batches get running positions."""
+def _triggered_values(logits: Tensor, target: Tensor, true_label: Tensor | None) -> dict[str, Tensor | float]:
+    """ASR (hits on the target label) and, with true labels, RA (hits on them) from one forward pass."""
+    values: dict[str, Tensor | float] = {"triggered_count": len(target), "triggered_correct": _hits(logits, target)}
+    if true_label is not None:
+        values |= {"ra_count": len(true_label), "ra_correct": _hits(logits, true_label)}
+    return values
+
+
+def _quartiles(values: Tensor) -> dict[str, float]:
+    """Median and quartiles of per-sample values (NaN when there are none)."""
+    if len(values) == 0:
+        return dict.fromkeys(_QUANTILES, math.nan)
+    cpu = values.detach().cpu().double()  # a handful of numbers; every device and dtype gives the same quantiles
+    levels = torch.tensor(list(_QUANTILES.values()), dtype=cpu.dtype)
+    return dict(zip(_QUANTILES, torch.quantile(cpu, levels).tolist(), strict=True))
+
+
+def _batches(
+    loader: Iterable[Any], device: torch.device, dtype: torch.dtype | None
+) -> Iterable[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    """``(x, y, index, true_label or None)`` on ``device``, images in the model's dtype.
+
+    ``(x, y)`` batches get running positions as indices; a fourth element is a triggered image's true label.
+    """
     seen = 0
     for batch in loader:
         x, y = batch[0], batch[1]
         index = batch[2] if len(batch) > 2 else torch.arange(seen, seen + len(y))
+        true_label = batch[3].to(device) if len(batch) > 3 else None
         seen += len(y)
         x = x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
-        yield x, y.to(device), torch.as_tensor(index).to(device)
+        yield x, y.to(device), torch.as_tensor(index).to(device), true_label
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:

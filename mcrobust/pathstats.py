@@ -1,4 +1,5 @@
-"""Statistics over a path table: correlations, bootstrap intervals and loss barriers (Zhao et al. 2020, §5).
+"""Statistics over a path table: correlations, bootstrap intervals, loss barriers (Zhao et al. 2020, §5), and the
+Wilson interval of an accuracy measured on n images.
 
 The paper reports, per path, the Pearson correlation between the robustness loss and the input-Hessian top
 eigenvalue, and barriers: a standard-loss path with no barrier can still have a barrier in robustness loss. The
@@ -28,13 +29,16 @@ __all__ = [
     "pearson",
     "spearman",
     "summarize_path",
+    "wilson_interval",
 ]
 
 PEARSON_COLUMNS = ("robust_loss", "hessian_top_eig")
 BARRIER_RULE = (
     "largest interior value minus the larger endpoint value (endpoints: smallest and largest t); accuracy "
-    "columns (*_acc) are measured on their error 1 - acc, so a positive barrier is a dip in accuracy"
+    "columns (*_acc and ra) are measured on their error 1 - acc, so a positive barrier is a dip in accuracy"
 )
+_NOT_METRICS = ("_std", "_q25", "_q75")  # spreads of a metric, not metrics of their own
+_COUNTS = ("n_clean", "n_triggered")
 _MIN_POINTS = 3
 
 
@@ -110,6 +114,29 @@ def bootstrap_pearson_interval(
     return (low, high) if math.isfinite(low) and math.isfinite(high) else (math.nan, math.nan)
 
 
+def wilson_interval(fraction: float, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of a fraction k/n measured on n images (``scipy.stats.binomtest(...).proportion_ci``).
+
+    How far clean accuracy, ASR or RA on a few hundred images can be from the model's true rate; unlike the normal
+    approximation it stays inside [0, 1] and is sensible at 0 and 1 (an ASR of 0). None when n < 1, or when the
+    fraction is not a count over n (e.g. a mean over several noisy models), where a binomial interval is wrong.
+
+    Args:
+        fraction: the measured fraction, k/n.
+        n: number of images it was measured on.
+        confidence: confidence level in (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"need 0 < confidence < 1, got {confidence}")
+    if n < 1 or not math.isfinite(fraction):
+        return None
+    k = round(fraction * n)
+    if abs(k - fraction * n) > 1e-6 * n or not 0 <= k <= n:
+        return None
+    interval = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
 def barrier_height(ts: Iterable[Any], values: Iterable[Any]) -> float:
     """Largest interior value minus the larger endpoint value; positive means a barrier, negative none.
 
@@ -130,12 +157,12 @@ def barrier_height(ts: Iterable[Any], values: Iterable[Any]) -> float:
 
 
 def _metric_columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Numeric columns of a table other than t and the spreads (``*_std``), in first-seen order."""
+    """Numeric columns of a table other than t, the counts and the spreads (``*_std``, quartiles), first seen first."""
     names: dict[str, None] = {}
     for row in table:
         for name, value in row.items():
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if numeric and name != "t" and not name.endswith("_std"):
+            if numeric and name not in ("t", *_COUNTS) and not name.endswith(_NOT_METRICS):
                 names.setdefault(name)
     return list(names)
 
@@ -147,12 +174,13 @@ def _column(table: Sequence[Mapping[str, Any]], name: str) -> list[float]:
 def barrier_heights(table: Sequence[Mapping[str, Any]], columns: Iterable[str] | None = None) -> dict[str, float]:
     """:func:`barrier_height` of each column of a path table (rows with a ``t``), accuracies on their error.
 
-    For an accuracy column (``*_acc``) the barrier is that of the error ``1 - acc``, so for every column a positive
-    number means the path is worse somewhere inside than at its worse endpoint (see ``BARRIER_RULE``).
+    For an accuracy column (``*_acc``, and ``ra``, the triggered images' accuracy on their true class) the barrier is
+    that of the error ``1 - acc``, so for every column a positive number means the path is worse somewhere inside
+    than at its worse endpoint (see ``BARRIER_RULE``).
 
     Args:
         table: rows ``{"t": ..., column: value, ...}``.
-        columns: columns to measure; None takes every numeric column but t and ``*_std``.
+        columns: columns to measure; None takes every numeric column but t, the counts and the spreads.
     """
     if any("t" not in row for row in table):
         raise ConfigError("every row of a path table needs a 't'")
@@ -160,8 +188,12 @@ def barrier_heights(table: Sequence[Mapping[str, Any]], columns: Iterable[str] |
     barriers = {}
     for name in _metric_columns(table) if columns is None else columns:
         values = np.asarray(_column(table, name))
-        barriers[name] = barrier_height(ts, -values if name.endswith("_acc") else values)
+        barriers[name] = barrier_height(ts, -values if _is_accuracy(name) else values)
     return barriers
+
+
+def _is_accuracy(name: str) -> bool:
+    return name.endswith("_acc") or name == "ra"
 
 
 def _json_float(value: float) -> float | None:

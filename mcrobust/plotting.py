@@ -38,11 +38,19 @@ def _clean_panel(ax: Axes, t: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> 
     return [ax]
 
 
+_ATTACK_LINES = (
+    ("asr", "attack success", "tab:red", "s-"),
+    ("ra", "RA (true class)", "tab:olive", "o--"),
+    ("injection_success", "injection", "tab:purple", "s-"),
+)
+
+
 def _attack_panel(ax: Axes, t: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> list[Axes]:
-    for name, label, color in (("asr", "attack success", "tab:red"), ("injection_success", "injection", "tab:purple")):
+    """ASR and, on the same triggered images, RA (predicted as their true class); injection success."""
+    for name, label, color, style in _ATTACK_LINES:
         if _has(rows, name):
-            ax.plot(t, 100 * _column(rows, name), "s-", color=color, label=label)
-    ax.set_ylabel("attack success (%)")
+            ax.plot(t, 100 * _column(rows, name), style, color=color, label=label)
+    ax.set_ylabel("triggered images (%)" if _has(rows, "ra") else "attack success (%)")
     ax.set_ylim(-3, 103)
     return [ax]
 
@@ -61,13 +69,24 @@ def _robust_panel(ax: Axes, t: np.ndarray, rows: Sequence[Mapping[str, Any]]) ->
 
 
 def _hessian_panel(ax: Axes, t: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> list[Axes]:
-    mean = _column(rows, "hessian_top_eig")
-    ax.plot(t, mean, "d-", color="tab:brown", label="input-Hessian top eigenvalue")
-    if _has(rows, "hessian_top_eig_std"):
-        std = _column(rows, "hessian_top_eig_std")
-        ax.fill_between(t, mean - std, mean + std, color="tab:brown", alpha=0.2, linewidth=0, label="± std")
+    """Median per-sample λ_max with its inter-quartile band: the values are skewed and positive, mean ± std is not."""
+    if not _has(rows, "hessian_top_eig_median"):  # a table written before the quartiles were measured
+        ax.plot(t, _column(rows, "hessian_top_eig"), "d-", color="tab:brown", label="λ_max, mean over samples")
+    else:
+        ax.plot(t, _column(rows, "hessian_top_eig_median"), "d-", color="tab:brown", label="λ_max, median")
+        if _has(rows, "hessian_top_eig_q25") and _has(rows, "hessian_top_eig_q75"):
+            low, high = _column(rows, "hessian_top_eig_q25"), _column(rows, "hessian_top_eig_q75")
+            ax.fill_between(t, low, high, color="tab:brown", alpha=0.2, linewidth=0, label="quartiles (25-75%)")
     ax.set_ylabel("input-Hessian λ_max")
     return [ax]
+
+
+def _mark_selected(ax: Axes, selected_t: float) -> None:
+    """A dotted vertical line at the selected t, labelled "selected t = ..." at the top of the panel."""
+    ax.axvline(selected_t, color="gray", linestyle=":", linewidth=1)
+    side = "right" if selected_t > 0.5 else "left"  # the label stays inside the panel
+    label = f" selected t = {selected_t:.2f} "
+    ax.text(selected_t, 0.98, label, transform=ax.get_xaxis_transform(), ha=side, va="top", fontsize="small")
 
 
 # A panel draws on its axes (and maybe a twin) and returns every axes it used, for one combined legend.
@@ -77,7 +96,7 @@ _PANELS: tuple[tuple[str, tuple[str, ...], _Panel], ...] = (
     ("clean", ("clean_acc",), _clean_panel),
     ("attack", ("asr", "injection_success"), _attack_panel),
     ("robust", ("robust_loss", "robust_acc"), _robust_panel),
-    ("hessian", ("hessian_top_eig",), _hessian_panel),
+    ("hessian", ("hessian_top_eig", "hessian_top_eig_median"), _hessian_panel),
 )
 
 
@@ -94,14 +113,15 @@ def plot_path(
 ) -> Figure:
     """Plot a path table against t and return the figure (log it with TensorBoard's ``add_figure``).
 
-    Panels, only those with data: clean error (%); ASR and/or injection success (%); robustness loss with robust
-    accuracy (%) on a second y axis; input-Hessian top eigenvalue, mean with a ±std band. A dotted line marks
-    ``selected_t``. With ``path`` the PNG is written atomically.
+    Panels, only those with data: clean error (%); ASR, RA and/or injection success (%); robustness loss with robust
+    accuracy (%) on a second y axis; input-Hessian top eigenvalue, the median over samples with its inter-quartile
+    band (the mean for tables without quartiles). A dotted line labelled ``t = ...`` marks ``selected_t``. With
+    ``path`` the PNG is written atomically.
 
     Args:
         rows: path table, one row per t with fractions in [0,1] (``path_metrics.csv`` columns).
         path: where to save a PNG; None saves nothing.
-        title: figure title (e.g. the experiment name).
+        title: figure title (the run, e.g. 'repair_digits_tiny/version_3').
         selected_t: the t chosen for export, marked on every panel; None marks nothing.
     """
     if any("t" not in row for row in rows):
@@ -119,7 +139,7 @@ def plot_path(
         ax.set_xlabel("t")
         ax.grid(True, alpha=0.3)
         if selected_t is not None:
-            ax.axvline(selected_t, color="gray", linestyle=":", linewidth=1)
+            _mark_selected(ax, selected_t)
         handles = [handle for a in used for handle in a.get_legend_handles_labels()[0]]
         if len(handles) > 1:
             ax.legend(handles=handles, fontsize="small")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -18,16 +19,37 @@ def paper_lr_factor(progress: float) -> float:
 class PaperSchedule(LambdaLR):
     """The paper's per-epoch schedule: lr constant, then linear decay to 1% of it.
 
+    Epochs count from 1 as in dnn-mode-connectivity's `learning_rate_schedule(lr, epoch, total)`: the e-th epoch
+    (LambdaLR's 0-based index e) trains with factor `paper_lr_factor((e + 1) / total_epochs)`, so with 10 epochs
+    the factors are 1, 1, 1, 1, 1, 0.7525, 0.505, 0.2575, 0.01, 0.01.
+
     Args:
         optimizer: the optimizer whose learning rate is scheduled.
         total_epochs: length of training; the systems fill it from `trainer.max_epochs` when left out.
     """
 
     def __init__(self, optimizer: Optimizer, total_epochs: int | None = None) -> None:
-        self.total_epochs = total_epochs
+        self._total_epochs = total_epochs
         super().__init__(optimizer, self._factor)
 
+    @property
+    def total_epochs(self) -> int | None:
+        """Length of training; setting it re-applies the current epoch's factor to the optimizer."""
+        return self._total_epochs
+
+    @total_epochs.setter
+    def total_epochs(self, value: int | None) -> None:
+        self._total_epochs = value
+        # filled after construction (from trainer.max_epochs): the lr of the first epoch must follow it too
+        factor = self._factor(self.last_epoch)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            if isinstance(group["lr"], Tensor):  # a tensor lr is updated in place, as LRScheduler.step does
+                group["lr"].fill_(float(base_lr) * factor)
+            else:
+                group["lr"] = base_lr * factor
+        self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
+
     def _factor(self, epoch: int) -> float:
-        if not self.total_epochs:
+        if not self._total_epochs or self._total_epochs < 1:
             return 1.0
-        return paper_lr_factor(epoch / self.total_epochs)
+        return paper_lr_factor((epoch + 1) / self._total_epochs)

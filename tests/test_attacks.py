@@ -156,7 +156,7 @@ def test_pgd_agrees_with_torchattacks_without_random_start(net, digits, norm, re
     else:  # torchattacks adds 1e-10 to the norm of a batch-mean gradient: only samples with real gradients match
         x_grad = x.clone().requires_grad_()
         (grad,) = torch.autograd.grad(nn.functional.cross_entropy(net(x_grad), y, reduction="sum"), x_grad)
-        real = grad.flatten(1).norm(dim=1) > 1e-3
+        real = grad.flatten(1).norm(dim=1) > 1e-2  # at ~1e-3 the 1e-10 shifts the step of one sample by 2e-4
         assert real.sum() > 100
         assert torch.allclose(ours[real], theirs[real], atol=1e-4)
 

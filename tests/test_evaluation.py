@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,16 +44,18 @@ def make_model() -> TinyConv:
     return model.eval()
 
 
-def make_data() -> dict[str, tuple[torch.Tensor, ...]]:
+def make_data(true_labels: bool = True) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Clean (x, y, index) and triggered (x, target 1, index, true label in {0, 2}) tensors."""
     generator = torch.Generator().manual_seed(1)
     clean = (torch.rand(N, 3, 6, 6, generator=generator), torch.randint(0, 3, (N,), generator=generator))
     triggered_x = torch.rand(TRIGGERED, 3, 6, 6, generator=generator)
+    true_y = 2 * torch.randint(0, 2, (TRIGGERED,), generator=generator)  # never the target class 1
     triggered = (triggered_x, torch.ones(TRIGGERED, dtype=torch.long), torch.arange(TRIGGERED) * 3)
-    return {"clean": (*clean, torch.arange(N)), "triggered": triggered}
+    return {"clean": (*clean, torch.arange(N)), "triggered": (*triggered, true_y) if true_labels else triggered}
 
 
 def batches(tensors: tuple[torch.Tensor, ...], size: int, order: torch.Tensor | None = None) -> list[tuple]:
-    """(x, y, index) batches of the given size, optionally in a permuted order."""
+    """(x, y, index[, true_label]) batches of the given size, optionally in a permuted order."""
     if order is not None:
         tensors = tuple(t[order] for t in tensors)
     return list(zip(*(t.split(size) for t in tensors), strict=True))
@@ -97,14 +100,45 @@ def test_clean_columns_equal_a_direct_computation(model_and_data):
     assert row["clean_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
 
-def test_asr_is_accuracy_on_the_triggered_set(model_and_data):
+class CountingForward(nn.Module):
+    """Counts the forward passes of the wrapped model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+def test_asr_and_ra_are_accuracies_on_the_triggered_set_from_one_forward_pass(model_and_data):
     model, data = model_and_data
-    x, y, _ = data["triggered"]
-    row = PointEvaluator().evaluate(model, loaders(data, 4))
+    x, y, _, true_y = data["triggered"]
+    counting = CountingForward(model)
+    row = PointEvaluator().evaluate(counting, loaders(data, 4), counts=True)
     with torch.no_grad():
-        expected = (model(x).argmax(1) == y).sum().item() / TRIGGERED
+        predicted = model(x).argmax(1)
+    assert list(row) == ["clean_acc", "clean_loss", "asr", "ra", "n_clean", "n_triggered"]
+    assert row["asr"] == (predicted == y).sum().item() / TRIGGERED
+    assert row["ra"] == (predicted == true_y).sum().item() / TRIGGERED
+    assert 0 < row["ra"] < 1 and row["asr"] + row["ra"] <= 1  # a true label is never the target
+    assert (row["n_clean"], row["n_triggered"]) == (N, TRIGGERED)
+    assert counting.calls == -(-N // 4) + -(-TRIGGERED // 4)  # one forward per batch: ra costs no extra pass
+
+
+def test_triggered_batches_without_true_labels_give_asr_only(model_and_data):
+    model, _ = model_and_data
+    row = PointEvaluator().evaluate(model, loaders(make_data(true_labels=False), 4))
     assert list(row) == ["clean_acc", "clean_loss", "asr"]
-    assert row["asr"] == expected
+
+
+def test_triggered_batches_with_and_without_true_labels_are_refused(model_and_data):
+    model, data = model_and_data
+    mixed = loaders(data, 4)["triggered"]
+    mixed[0] = mixed[0][:3]
+    with pytest.raises(ConfigError, match="true labels"):
+        PointEvaluator().evaluate(model, {"clean": loaders(data, 8)["clean"], "triggered": mixed})
 
 
 def test_robust_columns_equal_calling_pgd_directly(model_and_data):
@@ -129,6 +163,10 @@ def test_hessian_columns_are_mean_and_std_over_the_first_samples_by_index(model_
     assert row["hessian_top_eig"] == pytest.approx(values.mean().item(), rel=1e-5)
     assert row["hessian_top_eig_std"] == pytest.approx(values.std().item(), rel=1e-4)
     assert row["hessian_top_eig"] > 0
+    quartiles = np.quantile(values.double().numpy(), [0.25, 0.5, 0.75])
+    measured = [row[f"hessian_top_eig_{name}"] for name in ("q25", "median", "q75")]
+    assert measured == pytest.approx(quartiles.tolist(), rel=1e-5)
+    assert 0 < measured[0] < measured[1] < measured[2]
 
 
 def test_top_k_adds_the_mean_of_each_further_eigenvalue(model_and_data):
@@ -136,7 +174,7 @@ def test_top_k_adds_the_mean_of_each_further_eigenvalue(model_and_data):
     x, y, index = data["clean"]
     row = full_evaluator(top_k=2).evaluate(model, loaders({"clean": data["clean"]}, 7))
     values = input_hessian_top_eigenvalues(model, x[:M], y[:M], k=2, iters=30, tol=1e-4, index=index[:M])
-    assert list(row)[-3:] == ["hessian_top_eig", "hessian_top_eig_std", "hessian_eig_2"]
+    assert list(row)[-6:-4] == ["hessian_top_eig", "hessian_top_eig_std"] and list(row)[-1] == "hessian_eig_2"
     assert row["hessian_top_eig"] == pytest.approx(values[:, 0].mean().item(), rel=1e-5)
     assert row["hessian_eig_2"] == pytest.approx(values[:, 1].mean().item(), rel=1e-4)
     assert row["hessian_eig_2"] <= row["hessian_top_eig"]
@@ -159,8 +197,8 @@ def test_batch_size_and_order_do_not_change_any_column(model_and_data):
     order = torch.randperm(N, generator=torch.Generator().manual_seed(4))
     shuffled = {"clean": batches(data["clean"], 9, order), "triggered": loaders(data, 3)["triggered"]}
     permuted = evaluator.evaluate(model, shuffled, injection_sets=sets)
-    assert list(small) == evaluator.columns(["clean", "triggered"], injection=True)
-    assert len(small) == 9
+    assert list(small) == evaluator.columns(["clean", "triggered"], injection=True, true_labels=True)
+    assert len(small) == 13
     for name in small:
         assert large[name] == pytest.approx(small[name], rel=1e-5, abs=1e-9), name
         assert permuted[name] == pytest.approx(small[name], rel=1e-5, abs=1e-9), name
@@ -221,7 +259,9 @@ def _ddp_worker(rank: int, world: int, folder: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
     try:
         data = make_data()
-        row = full_evaluator().evaluate(make_model(), loaders(data, 4, (rank, world)), injection_sets(data))
+        row = full_evaluator().evaluate(
+            make_model(), loaders(data, 4, (rank, world)), injection_sets(data), counts=True
+        )
         Path(folder, f"row{rank}.json").write_text(json.dumps(row))
     finally:
         torch.distributed.destroy_process_group()
@@ -233,7 +273,8 @@ def test_two_gloo_processes_give_the_single_process_numbers(tmp_path, monkeypatc
     assert str(ROOT) in sys.path
     torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     data = make_data()
-    single = full_evaluator().evaluate(make_model(), loaders(data, 4), injection_sets(data))
+    single = full_evaluator().evaluate(make_model(), loaders(data, 4), injection_sets(data), counts=True)
+    assert {"ra", "hessian_top_eig_median", "hessian_top_eig_q25", "hessian_top_eig_q75", "n_triggered"} <= set(single)
     for rank in range(2):
         row = json.loads(Path(tmp_path, f"row{rank}.json").read_text())
         assert list(row) == list(single)

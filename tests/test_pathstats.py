@@ -17,6 +17,7 @@ from mcrobust.pathstats import (
     pearson,
     spearman,
     summarize_path,
+    wilson_interval,
 )
 
 T = [i / 10 for i in range(11)]
@@ -102,14 +103,17 @@ def test_barrier_height_needs_an_interior_point():
 
 
 def test_barrier_heights_measures_accuracies_on_their_error():
+    spreads = {"hessian_top_eig_std": 0.1, "hessian_top_eig_q25": 0.5, "hessian_top_eig_q75": 2.0}
+    counts = {"n_clean": 120.0, "n_triggered": 108.0}
     table = [
-        {"t": 0.0, "clean_acc": 0.90, "robust_loss": 1.0, "hessian_top_eig_std": 0.1},
-        {"t": 0.5, "clean_acc": 0.80, "robust_loss": 1.6, "hessian_top_eig_std": 0.9},
-        {"t": 1.0, "clean_acc": 0.85, "robust_loss": 1.2, "hessian_top_eig_std": 0.1},
+        {"t": 0.0, "clean_acc": 0.90, "ra": 0.02, "robust_loss": 1.0, **spreads, **counts},
+        {"t": 0.5, "clean_acc": 0.80, "ra": 0.70, "robust_loss": 1.6, **spreads, **counts},
+        {"t": 1.0, "clean_acc": 0.85, "ra": 0.75, "robust_loss": 1.2, **spreads, **counts},
     ]
     barriers = barrier_heights(table)
-    assert set(barriers) == {"clean_acc", "robust_loss"}  # spreads are not metrics
+    assert set(barriers) == {"clean_acc", "ra", "robust_loss"}  # spreads and counts are not metrics
     assert barriers["clean_acc"] == pytest.approx(0.05)  # error 0.20 inside vs 0.15 at the worse endpoint
+    assert barriers["ra"] == pytest.approx(0.30 - 0.98)  # RA is an accuracy: its error 0.30 inside, 0.98 at t=0
     assert barriers["robust_loss"] == pytest.approx(0.4)
     assert barrier_heights(table, ["robust_loss"]) == {"robust_loss": pytest.approx(0.4)}
 
@@ -145,3 +149,26 @@ def test_summary_without_the_pearson_columns_has_nulls():
     json.loads(json.dumps(summary, allow_nan=False))
     with pytest.raises(ConfigError):
         summarize_path([{"clean_acc": 0.5}], {})
+
+
+def test_wilson_interval_equals_its_formula():
+    # k = 93 of n = 120 (p = 0.775), z = 1.959963984540054 (97.5% normal quantile), worked by hand:
+    # centre = (p + z^2/2n) / (1 + z^2/n) = 0.79101 / 1.03201 = 0.76647
+    # half = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2) = 1.89917 * 0.038985 = 0.07404
+    k, n, z = 93, 120, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = wilson_interval(k / n, n)
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert (low, high) == pytest.approx((0.76647 - 0.07404, 0.76647 + 0.07404), abs=2e-5)
+
+
+def test_wilson_interval_at_zero_stays_in_range_and_refuses_non_counts():
+    low, high = wilson_interval(0.0, 50)
+    z2 = 1.959963984540054**2
+    assert low == pytest.approx(0.0, abs=1e-15) and high == pytest.approx(z2 / (50 + z2), rel=1e-12)
+    assert wilson_interval(0.123456, 50) is None  # not k/50: a mean over draws, no binomial interval
+    assert wilson_interval(0.5, 0) is None and wilson_interval(math.nan, 10) is None
+    with pytest.raises(ConfigError):
+        wilson_interval(0.5, 10, confidence=1.0)

@@ -28,8 +28,12 @@ def rows(*columns: str) -> list[dict]:
             "injection_success": 1.0 if t in (0.0, 1.0) else 0.0,
             "robust_loss": 2 + bump,
             "robust_acc": 0.3 - 0.1 * bump,
+            "ra": 0.0 if t in (0.0, 1.0) else 0.85,
             "hessian_top_eig": 3 + 2 * bump,
-            "hessian_top_eig_std": 0.5,
+            "hessian_top_eig_std": 4.0,  # a skewed spread: mean - std < 0 although every eigenvalue is > 0
+            "hessian_top_eig_median": 2 + bump,
+            "hessian_top_eig_q25": 1 + bump,
+            "hessian_top_eig_q75": 4 + 3 * bump,
         }
         table.append({"t": t, **{name: values[name] for name in columns}})
     return table
@@ -47,8 +51,9 @@ def rows(*columns: str) -> list[dict]:
             ("clean_acc", "asr", "robust_loss", "robust_acc", "hessian_top_eig", "hessian_top_eig_std"),
             ["clean", "attack", "robust", "hessian"],
             5,
-            id="all",
+            id="all-older-table",
         ),
+        pytest.param(("hessian_top_eig_median",), ["hessian"], 1, id="hessian-median-only"),
     ],
 )
 def test_one_panel_per_kind_of_metric_present(columns, panels, axes):
@@ -64,15 +69,44 @@ def test_png_is_written_atomically_and_is_an_image(tmp_path):
     assert matplotlib.image.imread(target).shape[:2] == (360, 3 * 432)
     assert [p.name for p in target.parent.iterdir()] == ["path.png"]  # no temporary file left
     assert figure.get_suptitle() == "repair"
+    assert all(" selected t = 0.40 " in [text.get_text() for text in ax.texts] for ax in figure.axes)
     plot_path(rows("clean_acc"), target)  # overwriting works
     assert [p.name for p in target.parent.iterdir()] == ["path.png"]
 
 
-def test_percent_only_in_the_plot_and_the_band_is_drawn():
-    figure = plot_path(rows("clean_acc", "hessian_top_eig", "hessian_top_eig_std"))
+HESSIAN = (
+    "hessian_top_eig",
+    "hessian_top_eig_std",
+    "hessian_top_eig_median",
+    "hessian_top_eig_q25",
+    "hessian_top_eig_q75",
+)
+
+
+def test_percent_only_in_the_plot_and_the_eigenvalue_is_the_median_with_its_quartile_band():
+    table = rows("clean_acc", *HESSIAN)
+    figure = plot_path(table)
     clean, hessian = figure.axes
     assert clean.lines[0].get_ydata()[0] == pytest.approx(10.0)  # error in percent
-    assert len(hessian.collections) == 1  # the ±std band
+    assert list(hessian.lines[0].get_ydata()) == pytest.approx([row["hessian_top_eig_median"] for row in table])
+    (band,) = hessian.collections
+    vertices = band.get_paths()[0].vertices
+    assert vertices[:, 1].min() == pytest.approx(1.0) and vertices[:, 1].max() == pytest.approx(7.0)  # q25..q75
+    assert vertices[:, 1].min() > 0  # mean - std would be 3 - 4 < 0 at the endpoints
+
+
+def test_an_older_table_without_quartiles_plots_the_mean_without_a_band():
+    table = rows("hessian_top_eig", "hessian_top_eig_std")
+    (hessian,) = plot_path(table).axes
+    assert list(hessian.lines[0].get_ydata()) == pytest.approx([row["hessian_top_eig"] for row in table])
+    assert len(hessian.collections) == 0
+
+
+def test_ra_is_drawn_beside_the_asr():
+    table = rows("asr", "ra")
+    (attack,) = plot_path(table).axes
+    assert [line.get_label() for line in attack.lines] == ["attack success", "RA (true class)"]
+    assert attack.lines[1].get_ydata()[5] == pytest.approx(85.0)
 
 
 def test_missing_values_and_no_metrics_still_plot():

@@ -114,7 +114,7 @@ def test_a_killed_curve_training_resumes_to_the_same_weights_and_metrics(tmp_pat
     resumed = run_cli(fit_args(tmp_path, killed_logs, tiny_endpoints) + ["--ckpt_path", "last"])
     reference = run_cli(fit_args(tmp_path, reference_logs, tiny_endpoints))
 
-    assert resumed.trainer.global_step == reference.trainer.global_step == EPOCHS * 4  # 100 images, batches of 32
+    assert resumed.trainer.global_step == reference.trainer.global_step == EPOCHS * 5  # epoch_samples 160, batch 32
     final = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     expected = torch.load(last_checkpoint(reference_logs), map_location="cpu", weights_only=True)["state_dict"]
     assert final.keys() == expected.keys()

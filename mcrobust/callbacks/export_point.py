@@ -17,8 +17,8 @@ from mcrobust.systems.classification import datamodule_of
 class ExportPoint(Callback):
     """Writes `repaired_t<t>.pt`, `.safetensors` and `.json` for the point at t (BN recomputed on bonafide data).
 
-    t is `t` when given, otherwise the point `PathEvaluation` chose with bonafide data only (list PathEvaluation
-    before ExportPoint in `trainer.callbacks`). Runs at the end of fit (explicit t only) and of test.
+    t is `t` when given, otherwise the point `PathEvaluation` chose with bonafide data only (it chooses when the test
+    starts, so the test metrics describe this point too). Runs at the end of fit (explicit t only) and of test.
 
     Args:
         t: the point to export; None uses PathEvaluation's selection.
@@ -48,6 +48,9 @@ class ExportPoint(Callback):
         if t is None:
             rank_zero_warn("ExportPoint: no t to export; set its t or add PathEvaluation with data.holdout_size > 0")
             return
+        measured = getattr(pl_module, "val_t", t)
+        if measured != t:
+            rank_zero_warn(f"ExportPoint: exporting t={t}, but the test metrics measured t={measured} (model.val_t)")
         self.export(trainer, pl_module, t)
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, t: float) -> None:

@@ -1,9 +1,13 @@
-"""`PathEvaluation`: measure every point of a path (PAPER.md §4-5) and write the table, summary and figure.
+"""`PathEvaluation`: measure every point of a path (Zhao et al. 2020) and write the table, summary and figure.
 
 For each t of a grid: the model at t, its BatchNorm statistics recomputed on the bonafide data (or the full
 training split, as the paper's code did), then clean accuracy and loss, attack success rate, injection success,
 PGD robust accuracy and loss, and the per-sample input-Hessian top eigenvalue. Rows are written as they finish,
 so an interrupted sweep resumes; under DDP every rank evaluates its shard and torchmetrics sums them exactly.
+
+A path is swept when `mcrobust test` starts (`on_test_start`), so the test loop that follows measures the chosen t:
+the system's `val_t` is set to it, and the `test/*` metrics in the results box and TensorBoard describe the point
+`ExportPoint` writes at the end of the test, not the configured `val_t`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,7 +28,7 @@ from mcrobust.attacks import PGD, AutoAttack
 from mcrobust.batchnorm import recompute_bn
 from mcrobust.errors import ConfigError
 from mcrobust.evaluation import COLUMNS as METRIC_COLUMNS
-from mcrobust.evaluation import PointEvaluator
+from mcrobust.evaluation import COUNT_COLUMNS, PointEvaluator
 from mcrobust.injection import InjectionSets
 from mcrobust.pathstats import summarize_path
 from mcrobust.plotting import plot_path
@@ -38,7 +42,16 @@ METRICS_FILE, SUMMARY_FILE, SETTINGS_FILE, FIGURE_FILE = (
     "path_settings.json",
     "path_figure.png",
 )
-COLUMNS = ("t", *METRIC_COLUMNS)  # the agreed path_metrics.csv columns, in order
+COLUMNS = ("t", *METRIC_COLUMNS)  # the agreed path_metrics.csv columns, in order; extras, then counts, follow
+
+
+def run_title(trainer: pl.Trainer, out: Path) -> str:
+    """The run's name for the figure: '<experiment>/<version folder>' of its first named logger, else the folder."""
+    for logger in trainer.loggers:
+        name, log_dir = getattr(logger, "name", None), getattr(logger, "log_dir", None)
+        if name and log_dir:
+            return f"{name}/{Path(log_dir).name}"
+    return out.name
 
 
 def t_grid(num_points: int, t_values: Sequence[float] | None) -> list[float]:
@@ -55,6 +68,9 @@ def t_grid(num_points: int, t_values: Sequence[float] | None) -> list[float]:
 class PathEvaluation(Callback):
     """Evaluate a path (a `CurveSystem`) or a single model (any other system, a path of one point).
 
+    A path is swept before the test loop, which then measures the selected t (the system's `val_t` is set to it); a
+    single model after it. Each row also holds `n_clean` and `n_triggered`, the images measured (the n of an interval).
+
     Args:
         num_points: evenly spaced t values over [0, 1] (the paper: 11 or 31).
         t_values: explicit t values instead of `num_points`.
@@ -67,7 +83,8 @@ class PathEvaluation(Callback):
         hessian_tol: relative tolerance at which a sample's power iteration stops.
         hessian_top_k: eigenvalues per sample (1: the top one).
         injection_sets: `injection_sets.pt` of an error-injection run, measured at every t.
-        selection_tolerance: the chosen t keeps held-out bonafide accuracy within this of the best interior point.
+        selection_tolerance: the chosen t keeps held-out bonafide accuracy within this of the best interior point;
+            None: one standard error of the best on the held-out images (at least one image).
         selection_t: choose this t explicitly instead of by the rule.
         dirpath: where the table, summary and figure go (default: the run's log dir); a sweep resumes there.
         seed: seed of per-sample evaluation randomness (PGD starts, power-iteration vectors).
@@ -86,7 +103,7 @@ class PathEvaluation(Callback):
         hessian_tol: float = 1e-3,
         hessian_top_k: int = 1,
         injection_sets: str | None = None,
-        selection_tolerance: float = 0.02,
+        selection_tolerance: float | None = 0.02,
         selection_t: float | None = None,
         dirpath: str | None = None,
         seed: int = 0,
@@ -110,13 +127,46 @@ class PathEvaluation(Callback):
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------ hooks
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Sweep a path before the test loop and point the system at the selected t (Lightning then runs
+        `on_test_epoch_start`, where `CurveSystem` recomputes BN at its `val_t`)."""
+        if getattr(pl_module, "curve", None) is not None:
+            self.sweep(trainer, pl_module)
+            self.measure_selected_point(trainer, pl_module)
+
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.sweep(trainer, pl_module)
+        if getattr(pl_module, "curve", None) is None:
+            self.sweep(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.sweep(trainer, pl_module, suffix=f"_epoch{trainer.current_epoch + 1}")
             pl_module.train()
+
+    def measure_selected_point(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Set the system's `val_t` to the selected t, so `test/*` describe the exported point; say which t they are."""
+        selected = self.summary.get("selected_t")
+        configured = getattr(pl_module, "val_t", None)
+        if configured is None:
+            return
+        if selected is not None:
+            pl_module.val_t = selected  # type: ignore[assignment]
+            self.warn_if_test_differs(trainer, float(selected))
+        if trainer.is_global_zero:
+            what = f"the selected t = {selected} (model.val_t was {configured})" if selected is not None else None
+            print(f"test/* below measure the point at {what or f'model.val_t = {configured}, no t was selected'}")
+
+    def warn_if_test_differs(self, trainer: pl.Trainer, t: float) -> None:
+        """The test loop recomputes BN at t on bonafide data (else train): say when the table measured t otherwise."""
+        datamodule = datamodule_of(trainer)
+        system_bn = "bonafide" if datamodule.bonafide_index is not None else "train"
+        if self.endpoints_as_given and t in (0.0, 1.0):
+            rank_zero_warn(f"PathEvaluation: t={t} is an endpoint as given in the table; test/* recompute its BN")
+        elif system_bn != self.bn_data:
+            rank_zero_warn(
+                f"PathEvaluation: bn_data is {self.bn_data!r} but the test loop recomputes BN on {system_bn!r} data, "
+                f"so test/* at t={t} differ from the table; set bn_data: {system_bn}"
+            )
 
     # ------------------------------------------------------------------------------------------------ sweep
     def settings(self, trainer: pl.Trainer) -> dict[str, Any]:
@@ -139,6 +189,7 @@ class PathEvaluation(Callback):
             "dataset": getattr(datamodule, "dataset", None),
             "eval_size": len(datamodule.eval_datasets()["clean"]),
             "bonafide_size": None if datamodule.bonafide_index is None else len(datamodule.bonafide_index),
+            "holdout_size": None if datamodule.bonafide_index is None else len(datamodule.bonafide_dataset("holdout")),
             "seed": self.seed,
         }
 
@@ -157,17 +208,18 @@ class PathEvaluation(Callback):
         # rank 0 reads the partial table; every rank must skip the same t values, so it broadcasts them
         rows = trainer.strategy.broadcast(self.resumable_rows(out, settings, suffix) if trainer.is_global_zero else [])
         done = {row["t"] for row in rows}
+        injection = self.injection_sets(datamodule)
         sets = self.evaluation_loaders(datamodule)
-        injection = InjectionSets.load(self.injection_path) if self.injection_path else None
         holdout = self.holdout_loader(datamodule)
+        holdout_evaluator = PointEvaluator(seed=self.seed)  # clean accuracy only: no attack, no Hessian there
         progress = tqdm(ts, desc="path", disable=not trainer.is_global_zero or not trainer.progress_bar_callback)
         for index, t in enumerate(progress):
             if t in done:
                 continue
             model = self.model_at(pl_module, curve, t, datamodule)
-            row = {"t": t, **self.evaluator.evaluate(model, sets, injection, device=pl_module.device)}
+            row = {"t": t, **self.evaluator.evaluate(model, sets, injection, device=pl_module.device, counts=True)}
             if holdout is not None:
-                row["holdout_acc"] = self.evaluator.evaluate(model, {"clean": holdout}, device=pl_module.device)[
+                row["holdout_acc"] = holdout_evaluator.evaluate(model, {"clean": holdout}, device=pl_module.device)[
                     "clean_acc"
                 ]
             rows.append(row)
@@ -192,16 +244,34 @@ class PathEvaluation(Callback):
     def evaluation_loaders(self, datamodule: Any) -> dict[str, Any]:
         return {name: datamodule.eval_dataloader(dataset) for name, dataset in datamodule.eval_datasets().items()}
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = datamodule_of(trainer)
+        if self.injection_path and datamodule is not None and hasattr(datamodule, "reserve_for_injection"):
+            self.injection_sets(datamodule)  # before any loader exists: clean accuracy is measured without them
+
+    def injection_sets(self, datamodule: Any) -> InjectionSets | None:
+        """The injection's targets and keep set, taken out of the clean evaluation set (one role per image)."""
+        if not self.injection_path:
+            return None
+        if getattr(self, "_injection", None) is None:
+            self._injection = InjectionSets.load(self.injection_path)
+            if hasattr(datamodule, "reserve_for_injection"):
+                datamodule.reserve_for_injection(self._injection.roles())
+        return self._injection
+
     def holdout_loader(self, datamodule: Any) -> Any:
         if datamodule.bonafide_index is None or not datamodule.holdout_size:
             return None
-        return datamodule.eval_dataloader(datamodule.bonafide_dataset("holdout"))
+        holdout = datamodule.bonafide_dataset("holdout")
+        self.holdout_count = len(holdout)  # the automatic selection tolerance needs it
+        return datamodule.eval_dataloader(holdout)
 
     # ----------------------------------------------------------------------------------------------- output
     def columns(self, rows: list[dict[str, Any]]) -> list[str]:
+        """t, the agreed metric columns present, other columns (holdout_acc, hessian_eig_k) sorted, then the counts."""
         present = {key for row in rows for key in row}
-        extra = sorted(present - set(COLUMNS))
-        return [c for c in COLUMNS if c in present] + extra
+        extra = sorted(present - set(COLUMNS) - set(COUNT_COLUMNS))
+        return [c for c in COLUMNS if c in present] + extra + [c for c in COUNT_COLUMNS if c in present]
 
     def resumable_rows(self, out: Path, settings: dict[str, Any], suffix: str) -> list[dict[str, Any]]:
         """Rows of an earlier, interrupted sweep with the same settings in the same folder."""
@@ -238,7 +308,7 @@ class PathEvaluation(Callback):
         figure = plot_path(
             rows,
             str(out / f"path_figure{suffix}.png"),
-            title=type(pl_module).__name__,
+            title=run_title(trainer, out) + suffix,
             selected_t=selection["selected_t"],
         )
         for logger in trainer.loggers:
@@ -255,7 +325,8 @@ class PathEvaluation(Callback):
         if self.selection_t is not None:
             result = select_t(rows, explicit=self.selection_t)
         elif len(rows) > 2 and any(row.get("holdout_acc") is not None for row in rows):
-            result = select_t(rows, column="holdout_acc", tolerance=self.selection_tolerance)
+            count = getattr(self, "holdout_count", None)
+            result = select_t(rows, column="holdout_acc", tolerance=self.selection_tolerance, count=count)
         else:
             return {"selected_t": None, "rule": "no held-out bonafide data (set data.holdout_size) and no selection_t"}
         return {"selected_t": result.t, "rule": result.rule}

@@ -1,29 +1,36 @@
 """`ClassificationSystem`: a net trained and evaluated with cross-entropy; the base of every system.
 
 Evaluation reports, per stage, `<stage>/acc` and `<stage>/loss` on the clean set and `<stage>/asr` (attack
-success rate, standard definition: non-target images only) on the triggered set when a trigger is configured.
+success rate, standard definition: non-target images only) on the triggered set when a trigger is configured, with
+`<stage>/ra` (robust accuracy: the same predictions against the images' true labels, BackdoorBench's third metric)
+when its batches carry the true labels; `<stage>/n_clean` and `<stage>/n_triggered` count the images measured (the
+n of a confidence interval). Every key names its set, so Lightning's results box, whose columns are
+"DataLoader 0/1" whatever the loaders are called, is read with the one-line legend printed above it.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, cast
+from collections.abc import Sized
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from mcrobust.attacks import PGD, AutoAttack, robust_metrics
 from mcrobust.errors import ConfigError
 from mcrobust.guards import check_finite_loss
+from mcrobust.nets.adapters import adapt_net
 from mcrobust.nets.layers import find_normalize
 from mcrobust.schedules import PaperSchedule
 
 STAGES = ("train", "val", "test")
-METRICS = ("acc", "loss", "asr", "robust_acc", "robust_loss")
+METRICS = ("acc", "loss", "asr", "ra", "robust_acc", "robust_loss")
+COUNTS = ("n_clean", "n_triggered")
 
 
 class ClassificationSystem(pl.LightningModule):
@@ -34,6 +41,9 @@ class ClassificationSystem(pl.LightningModule):
         optimizer: optimizer factory (class_path/init_args in the config).
         scheduler: learning-rate scheduler factory; `mcrobust.schedules.PaperSchedule` is the paper's. None: constant.
         eval_attack: attack for `val|test/robust_acc` and `robust_loss` on the clean set (PGD or AutoAttack).
+        normalize: input statistics a foreign net expects ("0.5,0.5", "imagenet", JSON); mcrobust then feeds it
+            (x - mean) / std, so triggers, PGD and the Hessian stay in [0,1] pixel space. None: the net takes pixels.
+        output: what the net returns: "logits", "probabilities" (ends in a softmax) or "log_probabilities".
     """
 
     def __init__(
@@ -42,13 +52,16 @@ class ClassificationSystem(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         eval_attack: PGD | AutoAttack | None = None,
+        normalize: str | None = None,
+        output: Literal["logits", "probabilities", "log_probabilities"] = "logits",
     ) -> None:
         super().__init__()
-        self.net = net
+        self.net = adapt_net(net, normalize, output)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.eval_attack = eval_attack
         self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in METRICS})
+        self.eval_counts = nn.ModuleDict({f"{stage}_{name}": SumMetric() for stage in STAGES[1:] for name in COUNTS})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.eval_model()(x)
@@ -143,6 +156,8 @@ class ClassificationSystem(pl.LightningModule):
         # ddp_spawn on CPU can share in-place metric state between workers: start every epoch from zero.
         for name in METRICS:
             self.metric(f"{stage}_{name}").reset()
+        for name in COUNTS if stage != "train" else ():
+            self.count_metric(f"{stage}_{name}").reset()
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluation_step("val", batch, dataloader_idx)
@@ -151,14 +166,23 @@ class ClassificationSystem(pl.LightningModule):
         self.evaluation_step("test", batch, dataloader_idx)
 
     def evaluation_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
-        """Clean set: accuracy, loss and (with an attack) robust accuracy/loss; triggered set: attack success rate."""
+        """Clean set: accuracy, loss and (with an attack) robust accuracy/loss; triggered set: ASR and RA.
+
+        A triggered batch is `(x, target, index[, true_label])`: ASR counts predictions of the target, RA (with true
+        labels) predictions of the true class, both from the same forward pass.
+        """
         x, y = batch[0], batch[1]
         model = self.eval_model()
         logits = model(x)
         if self.eval_set_name(dataloader_idx) == "triggered":
-            self.log_mean(f"{stage}/asr", logits.argmax(dim=1) == y, prog_bar=True)
+            predicted = logits.argmax(dim=1)
+            self.log_mean(f"{stage}/asr", predicted == y, prog_bar=True)
+            if len(batch) > 3:
+                self.log_mean(f"{stage}/ra", predicted == batch[3])
+            self.log_count(f"{stage}/n_triggered", len(y))
             return
         self.log_step_metrics(stage, logits, y, F.cross_entropy(logits, y))
+        self.log_count(f"{stage}/n_clean", len(y))
         if self.eval_attack is not None:
             index = batch[2] if len(batch) > 2 else None
             _, adv_logits = robust_metrics(model, self.eval_attack, x, y, index)
@@ -171,9 +195,40 @@ class ClassificationSystem(pl.LightningModule):
         metric.update(values.float())
         self.log(key, metric, on_epoch=True, prog_bar=prog_bar, add_dataloader_idx=False)
 
+    def log_count(self, key: str, count: int) -> None:
+        """Add a batch's images to the epoch count logged as `key` (e.g. 'test/n_clean'), summed over ranks."""
+        metric = self.count_metric(key.replace("/", "_"))
+        metric.update(torch.tensor(float(count), device=self.device))
+        self.log(key, metric, on_epoch=True, add_dataloader_idx=False)
+
+    def count_metric(self, name: str) -> SumMetric:
+        """The running count behind one logged key ('test_n_clean' for 'test/n_clean')."""
+        return cast(SumMetric, self.eval_counts[name])
+
     def metric(self, name: str) -> MeanMetric:
         """The running mean behind one logged key ('test_acc' for 'test/acc')."""
         return cast(MeanMetric, self.metrics[name])
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "validate":  # `mcrobust validate` prints a results box; fit does not
+            self.print_loader_legend(self.trainer.val_dataloaders)
+
+    def on_test_end(self) -> None:
+        self.print_loader_legend(self.trainer.test_dataloaders)
+
+    def print_loader_legend(self, loaders: Any) -> None:
+        """One line naming the results box's "DataLoader i" columns (Lightning numbers them, it cannot name them)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.trainer.is_global_zero or datamodule is None or not hasattr(datamodule, "eval_set_names"):
+            return
+        loaders = [] if loaders is None else loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        names = datamodule.eval_set_names()
+        parts = [
+            f"DataLoader {i} = {name} set{_image_count(loader)}"
+            for i, (name, loader) in enumerate(zip(names, loaders, strict=False))
+        ]
+        if parts:
+            print("Evaluation sets: " + ", ".join(parts))
 
     def eval_set_name(self, dataloader_idx: int) -> str:
         """Name of an evaluation loader ('clean' or 'triggered'), as the data module orders them."""
@@ -190,6 +245,12 @@ def _is_plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
     return False
+
+
+def _image_count(loader: Any) -> str:
+    """' (120 images)' for a loader over a sized data set, else ''."""
+    dataset = getattr(loader, "dataset", None)
+    return f" ({len(dataset)} images)" if isinstance(dataset, Sized) else ""
 
 
 def datamodule_of(trainer: Any) -> Any:

@@ -1,7 +1,8 @@
-"""`CurveSystem`: train a path between two networks on the bonafide data (PAPER.md §1, Garipov et al. 2018)."""
+"""`CurveSystem`: train a path between two networks on the bonafide data (Zhao et al. 2020, Garipov et al. 2018)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import torch
@@ -51,11 +52,29 @@ def step_t(seed: int, step: int, rank: int) -> float:
     return float(torch.rand((), generator=generator))
 
 
+def t_seed(seed: int | None) -> int:
+    """The seed of the t draws: `seed` when given, else the global seed of `seed_everything` (0 if unset)."""
+    if seed is not None:
+        return seed
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def check_single_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Refuse an optimizer weight decay on top of the w(t) penalty: the paper penalises w(t) only."""
+    if weight_decay > 0 and any(group.get("weight_decay", 0) > 0 for group in optimizer.param_groups):
+        raise ConfigError(
+            "model.init_args.optimizer.init_args.weight_decay > 0 stacks on model.init_args.weight_decay "
+            f"({weight_decay}, the L2 penalty on w(t)); set the optimizer's weight_decay to 0 (the paper penalises "
+            "w(t) only)"
+        )
+
+
 class CurveSystem(ClassificationSystem):
     """A curve of networks from `start` (t=0) to `end` (t=1) whose free bends train on the bonafide data.
 
     Each training step draws one t ~ U(0,1) and minimises CE(phi_t(x), y) + weight_decay/2 ||w(t)||^2, the L2
-    penalty on the interpolated weights as in the paper's code (so the optimizer's own weight decay should be 0);
+    penalty on the interpolated weights as in the paper's code (so the optimizer's own weight decay must be 0, and
+    `configure_optimizers` refuses both at once);
     the penalty enters through its gradient, wd * w(t), and `train/loss` logs the cross-entropy.
     Validation and test measure the point at `val_t` after recomputing its BatchNorm statistics on the bonafide
     data; the `PathEvaluation` callback sweeps the whole path. The checkpoint holds both endpoints, so a run
@@ -73,8 +92,12 @@ class CurveSystem(ClassificationSystem):
         scheduler: learning-rate scheduler factory (the paper's: `mcrobust.schedules.PaperSchedule`).
         weight_decay: coefficient of the L2 penalty on w(t) (the paper: 1e-4).
         val_t: the point measured by validation and test.
-        seed: seed of the per-step t draws.
+        seed: seed of the per-step t draws; None (default) follows `seed_everything` (the global seed Lightning
+            sets, `PL_GLOBAL_SEED`, 0 if unset), read when the run sets up, so `--seed_everything 3` changes the
+            draws; an int here wins.
         eval_attack: optional attack for robust accuracy at val_t.
+        normalize: input statistics a foreign net expects ("0.5,0.5", "imagenet", JSON); None: it takes pixels.
+        output: what the net returns: "logits", "probabilities" or "log_probabilities".
     """
 
     def __init__(
@@ -90,24 +113,29 @@ class CurveSystem(ClassificationSystem):
         scheduler: LRSchedulerCallable | None = None,
         weight_decay: float = 1e-4,
         val_t: float = 0.5,
-        seed: int = 0,
+        seed: int | None = None,
         eval_attack: PGD | AutoAttack | None = None,
+        normalize: str | None = None,
+        output: Literal["logits", "probabilities", "log_probabilities"] = "logits",
     ) -> None:
-        super().__init__(net, optimizer, scheduler, eval_attack)
+        super().__init__(net, optimizer, scheduler, eval_attack, normalize, output)
         if not 0.0 <= val_t <= 1.0:
             raise ConfigError(f"model.val_t must be in [0, 1], got {val_t}")
         if weight_decay < 0:
             raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        template = self.net  # the user's net, adapted to pixels and logits when normalize/output say so
         del self.net  # the template lives inside the curve; one copy of it in the state_dict
-        self.curve = CurveModel(net, kind=kind, num_bends=num_bends, fix_start=fix_start, fix_end=fix_end)
+        self.curve = CurveModel(template, kind=kind, num_bends=num_bends, fix_start=fix_start, fix_end=fix_end)
         self.start, self.end = start, end
         self.weight_decay, self.val_t, self.seed = weight_decay, val_t, seed
+        self.t_seed = t_seed(seed)
         self.save_plain_hyperparameters()
 
     def eval_model(self) -> nn.Module:
         return self.curve.at(self.val_t)
 
     def setup(self, stage: str) -> None:
+        self.t_seed = t_seed(self.seed)  # seed_everything runs before fit: follow the run's global seed
         if self.trainer.ckpt_path is None:
             self.load_endpoints(required=stage == "fit")
         super().setup(stage)
@@ -123,12 +151,18 @@ class CurveSystem(ClassificationSystem):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        t = step_t(self.seed, self.global_step, self.global_rank)
+        t = step_t(self.t_seed, self.global_step, self.global_rank)
         weights = with_weight_decay(self.curve.weights(t), self.weight_decay)
         logits = self.curve.run(x, weights)
         loss = F.cross_entropy(logits, y)  # the L2 penalty on w(t) enters through its gradient only
         self.log_step_metrics("train", logits, y, loss)
         return loss
+
+    def configure_optimizers(self) -> Any:
+        configured = super().configure_optimizers()
+        optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+        check_single_weight_decay(optimizer, self.weight_decay)
+        return configured
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()

@@ -11,8 +11,8 @@ import torch
 from scipy import stats
 
 from mcrobust.attacks import PGD
-from mcrobust.callbacks import PathEvaluation
-from mcrobust.callbacks.path_evaluation import COLUMNS, t_grid
+from mcrobust.callbacks import ExportPoint, PathEvaluation
+from mcrobust.callbacks.path_evaluation import COLUMNS, run_title, t_grid
 from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
 from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
@@ -83,6 +83,13 @@ def test_table_has_one_row_per_t_and_the_agreed_columns(one_process):
     assert header[:1] == ["t"] and set(COLUMNS) - {"injection_success", "injection_keep_acc"} <= set(header)
     assert all(0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0 for row in rows)
     assert rows[0]["asr"] >= 0.9 and rows[-1]["asr"] >= 0.9  # the tampered endpoints
+    assert all(row["asr"] + row["ra"] <= 1.0 for row in rows)  # a triggered image's true class is never the target
+    assert rows[0]["ra"] <= 0.1 and max(row["ra"] for row in rows) > 0.5  # RA recovers where the backdoor dies
+    assert all(row["n_clean"] == 120 and row["n_triggered"] == 108 for row in rows)  # 12 images per class, 1 = target
+    assert header[-2:] == ["n_clean", "n_triggered"]
+    assert all(
+        row["hessian_top_eig_q25"] <= row["hessian_top_eig_median"] <= row["hessian_top_eig_q75"] for row in rows
+    )
     assert (out / "path_figure.png").stat().st_size > 1000
 
 
@@ -98,7 +105,35 @@ def test_endpoint_rows_equal_the_endpoints_own_test_metrics(one_process, tiny_en
         metrics = {k: v for result in results for k, v in result.items()}
         assert row["clean_acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
         assert row["asr"] == pytest.approx(metrics["test/asr"], abs=1e-6)
+        assert row["ra"] == pytest.approx(metrics["test/ra"], abs=1e-6)
         assert row["clean_loss"] == pytest.approx(metrics["test/loss"], rel=1e-4)
+
+
+def test_the_test_loop_measures_the_selected_point_that_export_writes(path_ckpt, tmp_path, capsys):
+    """test/* (the results box, TensorBoard) describe the exported t, not the configured val_t."""
+    system = load(path_ckpt)
+    system.val_t = 0.9  # not on the grid, so never the selected t
+    sweep, export = callback(tmp_path, attack=None, hessian_samples=0), ExportPoint(dirpath=str(tmp_path))
+    results = make_trainer(tmp_path, [sweep, export]).test(system, datamodule(), verbose=False)
+    metrics = {key: value for result in results for key, value in result.items()}
+    selected = sweep.summary["selected_t"]
+    row = next(row for row in read_csv(tmp_path / "path_metrics.csv") if row["t"] == selected)
+    assert 0 < selected < 1 and system.val_t == selected
+    assert metrics["test/acc"] == pytest.approx(row["clean_acc"], abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(row["clean_loss"], rel=1e-4)
+    assert metrics["test/asr"] == pytest.approx(row["asr"], abs=1e-6)
+    assert metrics["test/ra"] == pytest.approx(row["ra"], abs=1e-6)
+    assert (metrics["test/n_clean"], metrics["test/n_triggered"]) == (row["n_clean"], row["n_triggered"])
+    assert json.loads(export.paths["config"].read_text())["t"] == selected
+    out = capsys.readouterr().out
+    assert f"test/* below measure the point at the selected t = {selected} (model.val_t was 0.9)" in out
+    assert "Evaluation sets: DataLoader 0 = clean set (120 images), DataLoader 1 = triggered set (108 images)" in out
+
+
+def test_the_figure_is_titled_with_the_run(tmp_path):
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="repair_digits_tiny", version="path_test")
+    assert run_title(make_trainer(tmp_path, [], logger=logger), tmp_path) == "repair_digits_tiny/path_test"
+    assert run_title(make_trainer(tmp_path, []), tmp_path / "sweep") == "sweep"  # no logger: the output folder
 
 
 def test_summary_has_selection_correlations_and_barriers(one_process):
@@ -109,6 +144,7 @@ def test_summary_has_selection_correlations_and_barriers(one_process):
     assert summary["pearson"] == pytest.approx(expected, rel=1e-9)
     assert 0.0 < summary["selected_t"] < 1.0 and summary["bn_data"] == "bonafide"
     assert "clean_acc" in summary["barriers"] and "rule" in summary
+    assert summary["settings"]["bonafide_size"] == 150 and summary["settings"]["holdout_size"] == 30
 
 
 def test_an_interrupted_sweep_resumes_from_the_last_finished_t(one_process, path_ckpt, tmp_path):
@@ -127,7 +163,7 @@ def test_an_interrupted_sweep_resumes_from_the_last_finished_t(one_process, path
     assert resumed[:2] == expected[:2]  # read back, not recomputed
     for a, b in zip(expected, resumed, strict=True):
         assert b == pytest.approx(a, rel=1e-6)
-    assert len(evaluated) == 2 * 3  # 3 remaining points, each measured on the evaluation sets and the holdout
+    assert len(evaluated) == 3  # the 3 remaining points (the holdout has its own clean-only evaluator)
 
 
 @pytest.mark.ddp
@@ -146,3 +182,22 @@ def test_grid_validation():
     assert t_grid(3, None) == [0.0, 0.5, 1.0]
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         t_grid(3, [0.5, 1.5])
+
+
+class CountingPGD(PGD):
+    """PGD that counts the images it attacks."""
+
+    attacked = 0
+
+    def __call__(self, model, x, y, index=None):
+        CountingPGD.attacked += len(x)
+        return super().__call__(model, x, y, index)
+
+
+def test_holdout_is_measured_for_clean_accuracy_only(path_ckpt, tmp_path):
+    """The paper's protocol: PGD and the Hessian run on the evaluation set, never on the held-out images."""
+    CountingPGD.attacked = 0
+    evaluation = callback(tmp_path, attack=CountingPGD(eps=4 / 255, alpha=1 / 255, steps=1), hessian_samples=0)
+    make_trainer(tmp_path, [evaluation]).test(CurveSystem(TinyNet(width=16)), datamodule(), ckpt_path=str(path_ckpt))
+    assert all(row["holdout_acc"] is not None for row in evaluation.rows)
+    assert CountingPGD.attacked == len(T_VALUES) * 120  # eval_size images per t, not one held-out image more

@@ -93,7 +93,7 @@ def test_noisy_draws_are_distinct_and_seeded(noisy, tiny_endpoints, tmp_path):
     _, again = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=5, eval_attack=system.eval_attack)
     assert again == results
     _, other = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=6)
-    assert other["test/acc"] != results["test/acc"]
+    assert other["test/loss"] != results["test/loss"]  # accuracy near chance can tie; the loss cannot
 
 
 def test_noisy_refuses_to_fit_and_needs_both_endpoints(tiny_endpoints, tmp_path):

@@ -1,22 +1,28 @@
-"""CurveSystem on a tiny backdoored pair: training lowers the loss at t=0.5; checkpoints resume; export works."""
+"""CurveSystem on a tiny backdoored pair: training lowers the loss at t=0.5; checkpoints resume; export works.
+
+Also the protocol details: t draws follow seed_everything, and no optimizer weight decay stacks on the w(t) penalty.
+"""
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+import mcrobust.systems.curve as curve_module
 from mcrobust.batchnorm import recompute_bn
 from mcrobust.callbacks import ExportPoint
 from mcrobust.checkpoints import load_weights
+from mcrobust.config_parts import composed_settings
 from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
 from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
 from mcrobust.systems import CurveSystem
-from mcrobust.systems.curve import step_t
+from mcrobust.systems.curve import step_t, t_seed
 from mcrobust.testing import quiet_trainer
 
 
@@ -146,3 +152,62 @@ def test_weight_decay_gradient_equals_the_explicit_penalty():
         grads.append([p.grad.clone() for p in curve.parameters() if p.requires_grad])
     for explicit, implicit in zip(*grads, strict=True):
         torch.testing.assert_close(implicit, explicit, rtol=1e-5, atol=1e-7)
+
+
+def t_draws(tiny_endpoints, tmp_path, global_seed: int, seed: int | None = None, steps: int = 4) -> list[float]:
+    """The t of each training step of a short fit after `pl.seed_everything(global_seed)`."""
+    pl.seed_everything(global_seed)
+    system = curve_system(tiny_endpoints, seed=seed)
+    draws: list[float] = []
+    original = curve_module.step_t
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(curve_module, "step_t", lambda *args: draws.append(original(*args)) or draws[-1])
+        trainer(tmp_path, max_epochs=1, limit_train_batches=steps).fit(system, datamodule())
+    assert len(draws) == steps
+    return draws
+
+
+def test_t_draws_follow_seed_everything_unless_a_seed_is_given(tiny_endpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test, whatever seed_everything sets
+    three = t_draws(tiny_endpoints, tmp_path, global_seed=3)
+    assert three == t_draws(tiny_endpoints, tmp_path, global_seed=3)
+    assert three == [step_t(3, step, 0) for step in range(4)]
+    assert three != t_draws(tiny_endpoints, tmp_path, global_seed=4)
+    explicit = t_draws(tiny_endpoints, tmp_path, global_seed=3, seed=7)
+    assert explicit == t_draws(tiny_endpoints, tmp_path, global_seed=4, seed=7) == [step_t(7, s, 0) for s in range(4)]
+
+
+def test_t_seed_reads_the_global_seed(monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert t_seed(None) == 0
+    pl.seed_everything(11)
+    assert t_seed(None) == 11 and t_seed(2) == 2
+
+
+@pytest.mark.parametrize(
+    ("optimizer_decay", "penalty", "refused"),
+    [(5e-4, 1e-4, True), (0.0, 1e-4, False), (5e-4, 0.0, False)],
+    ids=["both", "penalty-only", "optimizer-only"],
+)
+def test_optimizer_weight_decay_may_not_stack_on_the_penalty(optimizer_decay, penalty, refused):
+    system = CurveSystem(
+        TinyNet(width=4),
+        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=optimizer_decay),
+        weight_decay=penalty,
+    )
+    if refused:
+        with pytest.raises(ConfigError, match=r"optimizer\.init_args\.weight_decay.*model\.init_args\.weight_decay"):
+            system.configure_optimizers()
+    else:
+        assert system.configure_optimizers().param_groups[0]["weight_decay"] == optimizer_decay
+
+
+def test_no_curve_config_sets_an_optimizer_weight_decay():
+    configs = sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml"))
+    composed = {path: composed_settings(path)["model"] for path in configs}  # each file with its parts merged
+    curves = [path for path in configs if composed[path]["class_path"].endswith("CurveSystem")]
+    assert curves
+    for path in curves:
+        model = composed[path]["init_args"]
+        optimizer = model.get("optimizer") or {}
+        assert not (optimizer.get("init_args") or {}).get("weight_decay"), path.name
