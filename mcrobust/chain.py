@@ -1,15 +1,18 @@
-"""The repair chain in one process: (fine-tune) -> path -> evaluate every t -> choose t -> export.
+"""The repair chain in one process: (second end) -> path -> evaluate every t -> choose t -> export.
 
 `mcrobust.repair()` and `mcrobust repair` run these stages through the same systems and callbacks as the
 `mcrobust fit|test` commands (EndpointSystem, CurveSystem, PathEvaluation), without re-importing the stack per
-step. Every stage leaves its artefact in `<out>/steps/`; a killed run resumes from the last finished stage (and
-from Lightning's `last.ckpt` inside an unfinished one).
+step. With one model the second end is trained by a recipe of `mcrobust.second_end` (docs/one_model.md). Every
+stage leaves its artefact in `<out>/steps/`; a killed run resumes from the last finished stage (and from Lightning's
+`last.ckpt` inside an unfinished one), and refuses a folder trained with other settings.
 """
 
 from __future__ import annotations
 
 import copy
-import os
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,21 +34,27 @@ from mcrobust.data.poisoning import Trigger
 from mcrobust.data.sources import ArraySplit
 from mcrobust.errors import ConfigError
 from mcrobust.schedules import PaperSchedule
-from mcrobust.systems import CurveSystem, EndpointSystem
+from mcrobust.second_end import AUGMENTED, SECOND_ENDS, fresh_copy, second_end_system
+from mcrobust.selection import select_t
+from mcrobust.systems import CurveSystem
+from mcrobust.tables import write_json
 
 STEPS = "steps"
+SELECTIONS = ("middle", "far")
+UNTRAINED = ("num_points", "selection_tolerance", "selection", "accelerator", "progress")
+"""ChainSettings that change no trained weights: free to differ when a repair resumes."""
 
 
 @dataclass
 class ChainSettings:
-    """The paper's repair settings (PAPER.md §1, §4) as defaults; `epochs` scales the budget.
+    """The paper's repair settings (Zhao et al. 2020) as defaults; `epochs` scales the budget.
 
     Args:
         epochs: epochs of the fine-tuning and of the path (the paper: 100 each).
         epoch_samples: training samples per epoch, tiled from the bonafide set (the paper: 10,000).
         batch_size: training batch size (the paper: 128).
         path_lr: SGD learning rate of the path (the paper: 0.01, momentum 0.9).
-        finetune_lr: SGD learning rate of the fine-tuned second endpoint (the paper: 0.015).
+        finetune_lr: SGD learning rate of the fine-tuned second end (the paper: 0.015; also 'reinit_head' and 'fst').
         weight_decay: L2 coefficient (on w(t) for the path, on the weights for fine-tuning; the paper: 1e-4).
         kind: 'bezier' or 'polychain'.
         num_bends: control points of the curve, endpoints included (the paper: 3).
@@ -54,6 +63,19 @@ class ChainSettings:
         selection_tolerance: the chosen t keeps holdout accuracy within this of the best interior point; None:
             one standard error of the best on the holdout images (at least one image).
         seed: seed of the split, the training and the evaluation.
+        second_end: how a one-model repair trains the end the path joins to the model, on the bonafide-train part
+            with the same budget (`mcrobust.second_end`): 'finetune' (the paper's fine-tuned copy), 'superfinetune'
+            (one high-lr cycle with crop+flip, Sha et al. 2022), 'reinit_head' (head re-initialised, then
+            fine-tuned), 'fst' (Feature Shift Tuning, Min et al. 2023) or 'scratch' (a fresh net, trained like
+            'superfinetune'). Unused with a second model.
+        augment: crop+flip augmentation of the second end's training images; None: the recipe's own choice (on
+            for 'superfinetune' and 'scratch', off for the others).
+        superfinetune_lr: peak learning rate of the one-cycle schedule of 'superfinetune' and 'scratch'.
+        fst_alpha: weight of FST's penalty alpha <W, W_0> between the new and the tampered head (Min et al.: 0.2).
+        path_augment: train the path on crop+flip augmented bonafide images.
+        selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule) or
+            'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
+            cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md).
         accelerator: Lightning accelerator ('auto', 'cpu', 'gpu').
         progress: show progress bars.
     """
@@ -70,6 +92,12 @@ class ChainSettings:
     holdout: float = 0.1
     selection_tolerance: float | None = None
     seed: int = 0
+    second_end: str = "superfinetune"
+    augment: bool | None = None
+    superfinetune_lr: float = 0.05
+    fst_alpha: float = 0.2
+    path_augment: bool = False
+    selection: str = "middle"
     accelerator: str = "auto"
     progress: bool = True
 
@@ -78,6 +106,16 @@ class ChainSettings:
             raise ConfigError("epochs, batch_size and epoch_samples must be >= 1")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.second_end not in SECOND_ENDS:
+            raise ConfigError(f"second_end must be one of {', '.join(SECOND_ENDS)}, got {self.second_end!r}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.superfinetune_lr <= 0 or self.fst_alpha < 0:
+            raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings that shape the trained stages: a resumed repair must have the same ones."""
+        return {key: getattr(self, key) for key in self.__dataclass_fields__ if key not in UNTRAINED}
 
 
 def repair_data(
@@ -122,6 +160,27 @@ def repair_data(
     return datamodule
 
 
+class RepairPathEvaluation(PathEvaluation):
+    """`PathEvaluation` whose held-out rule prefers the interior t closest to `target` (1.0: farthest from t=0).
+
+    Args:
+        target: the preferred t among the points within the tolerance (0.5: the paper's; 1.0: a one-model repair,
+            whose only tampered end is t=0).
+        **kwargs: `PathEvaluation`'s arguments.
+    """
+
+    def __init__(self, target: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+
+    def choose(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        if len(rows) < 3 or all(row.get("holdout_acc") is None for row in rows):
+            return super().choose(rows)
+        count = getattr(self, "holdout_count", None)
+        result = select_t(rows, tolerance=self.selection_tolerance, target=self.target, count=count)
+        return {"selected_t": result.t, "rule": result.rule}
+
+
 class RepairChain:
     """Runs the stages of one repair in `out`, each resumable.
 
@@ -142,17 +201,38 @@ class RepairChain:
         """Write an input endpoint's weights (the adapted net's keys) as a stage artefact."""
         return save_weights(model.state_dict(), self.steps / f"{name}.safetensors")
 
-    def finetune(self, start: Path) -> Path:
-        """The paper's one-model protocol: fine-tune the model on the bonafide-train part -> second endpoint."""
-        done = self.steps / "finetuned.safetensors"
+    def second_end(self, start: Path) -> Path:
+        """One-model protocol: train the second end from the model by `settings.second_end` on bonafide-train.
+
+        Every recipe but 'scratch' fine-tunes the model, and its result is `steps/finetuned.safetensors`.
+        """
+        recipe = self.settings.second_end
+        done = self.steps / ("scratch.safetensors" if recipe == "scratch" else "finetuned.safetensors")
         if done.is_file():
             return done
-        optimizer = partial(torch.optim.SGD, lr=self.settings.finetune_lr, momentum=0.9, weight_decay=1e-4)
-        system = EndpointSystem(
-            copy.deepcopy(self.template), optimizer=optimizer, scheduler=PaperSchedule, init_weights=str(start)
-        )
-        self.fit(system, "finetune")
+        if recipe == "scratch":
+            torch.manual_seed(self.settings.seed)  # the fresh initialisation is part of the seeded run
+            start = save_weights(fresh_copy(self.template).state_dict(), self.steps / "scratch_init.safetensors")
+        system = second_end_system(recipe, self.template, str(start), self.settings)
+        augment = recipe in AUGMENTED if self.settings.augment is None else self.settings.augment
+        self.fit(system, recipe, augment=augment)
         return save_weights(system.net.state_dict(), done)
+
+    def check_resumable(self, ends: str) -> None:
+        """Refuse to resume a repair in `out` that was trained with other settings (its stages would be reused)."""
+        record = self.steps / "chain_settings.json"
+        current = {"ends": ends, **self.settings.training_settings()}
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            changed = sorted(key for key in current if saved.get(key) != current[key])
+            if changed:
+                first = changed[0]
+                raise ConfigError(
+                    f"{self.out} holds a repair trained with {first}={saved.get(first)!r}, this one has "
+                    f"{current[first]!r}; use another out folder, or the same settings to resume it"
+                )
+        else:
+            write_json(record, current)
 
     def curve_system(self, start: Path | None = None, end: Path | None = None) -> CurveSystem:
         """The path's system: endpoints from files to train a new path, or none to restore a trained one."""
@@ -173,13 +253,14 @@ class RepairChain:
         """Train the curve's free bends on the bonafide-train part; return the trained path's checkpoint."""
         done = self.steps / "path" / "final.ckpt"
         if not done.is_file():
-            trainer = self.fit(self.curve_system(start, end), "path")
+            trainer = self.fit(self.curve_system(start, end), "path", augment=self.settings.path_augment)
             trainer.save_checkpoint(done)
         return done
 
     def evaluate(self, path: Path) -> tuple[CurveSystem, PathEvaluation]:
         """Evaluate every t of the trained path, choose t on the holdout (rows land in out/path_metrics.csv)."""
-        evaluation = PathEvaluation(
+        evaluation = RepairPathEvaluation(
+            target=1.0 if self.settings.selection == "far" else 0.5,
             num_points=self.settings.num_points,
             bn_data="bonafide",
             selection_tolerance=self.settings.selection_tolerance,
@@ -198,13 +279,18 @@ class RepairChain:
         return model.eval()
 
     # -------------------------------------------------------------------------------------------- Lightning
-    def fit(self, system: pl.LightningModule, stage: str) -> pl.Trainer:
+    def fit(self, system: pl.LightningModule, stage: str, augment: bool = False) -> pl.Trainer:
+        """Train `system` for `settings.epochs` on the bonafide-train part (crop+flip with `augment`), resumable."""
         folder = self.steps / stage
         last = folder / "last.ckpt"
         checkpoint = ModelCheckpoint(dirpath=str(folder), save_last=True, save_top_k=0)
         trainer = self.trainer(stage, callbacks=[checkpoint], max_epochs=self.settings.epochs)
         pl.seed_everything(self.settings.seed, verbose=False)
-        trainer.fit(system, datamodule=self.datamodule, ckpt_path=str(last) if last.is_file() else None)
+        datamodule = self.datamodule
+        if augment:  # the same images and parts, augmented; evaluation and BN recompute keep the plain module
+            datamodule = copy.copy(self.datamodule)
+            datamodule.augment = True
+        trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
         return trainer
 
     def trainer(self, stage: str, callbacks: list[Any], max_epochs: int) -> pl.Trainer:
@@ -254,10 +340,17 @@ def distance_signals(tampered: nn.Module, repaired: nn.Module, loader: Any) -> d
     }
 
 
-def quiet_lightning() -> None:
-    """Keep Lightning's start-up notes (GPU available, tips) out of a repair's output."""
-    os.environ.setdefault("POSSIBLE_USER_WARNINGS", "off")
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's start-up notes (GPU available, tips) out of a repair's output; restore the levels after."""
     import logging
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -1,7 +1,8 @@
 """Export one point of a path as a plain model: state_dict (.pt) + .safetensors + the net's config (JSON).
 
 The files load into the bare architecture with `load_state_dict` and no mcrobust code; BN statistics are
-recomputed on the bonafide data first, so the exported model is exactly the point that was evaluated.
+recomputed on the bonafide data first, so the exported model is exactly the point that was evaluated. Both weight
+files hold the same bytes on a same-seed rerun (the .pt is serialised in memory, not under a temporary name).
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from mcrobust.atomic import atomic_torch_save, atomic_write_bytes
 from mcrobust.batchnorm import recompute_bn
-from mcrobust.checkpoints import save_weights
 from mcrobust.curves import CurveModel
+from mcrobust.nets.adapters import unwrap_net
 from mcrobust.tables import write_json
+
+METADATA = {"format": "pt"}
+"""The .safetensors header metadata `safetensors.torch.save_file` writes for torch tensors."""
 
 
 def net_config(net: Any, hparams_net: Any = None) -> dict[str, Any]:
@@ -43,10 +51,15 @@ def export_point(
     model.eval()
     stem = name or f"repaired_t{t:.3f}"
     directory = Path(directory)
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    # contiguous copies of their own: safetensors stores no views or shared storage, and a view into a larger
+    # storage would write all of it
+    state = {
+        key: value.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for key, value in unwrap_net(model).state_dict().items()  # a foreign net's own keys, without the adapter
+    }
     paths = {
-        "pt": save_weights(state, directory / f"{stem}.pt"),
-        "safetensors": save_weights(state, directory / f"{stem}.safetensors"),
+        "pt": atomic_torch_save(state, directory / f"{stem}.pt"),
+        "safetensors": atomic_write_bytes(directory / f"{stem}.safetensors", safetensors_bytes(state, METADATA)),
     }
     meta = {"t": t, "net": dict(config or net_config(curve.template)), "bn_recomputed": bn_loader is not None}
     paths["config"] = write_json(directory / f"{stem}.json", {**meta, **dict(extra or {})})

@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="training batch size (the paper: 128)")
     p.add_argument("--path-lr", type=float, default=0.01, help="SGD learning rate of the path (the paper: 0.01)")
     p.add_argument("--finetune-lr", type=float, default=0.015, help="SGD lr of the fine-tuned copy (the paper: 0.015)")
+    p.add_argument(
+        "--second-end",
+        default=None,
+        help="one model: how the second end is trained: superfinetune (default), finetune (the paper's), reinit_head, "
+        "fst or scratch (docs/one_model.md)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the evaluation")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
@@ -77,22 +83,8 @@ def _run(args: argparse.Namespace) -> Any:
     from mcrobust.inputs import build_net
 
     net = build_net(args.net, args.net_args)
-    return repair(
-        args.model,
-        args.clean,
-        second=args.second,
-        net=net,
-        trigger=args.trigger,
-        eval=args.eval,
-        normalize=args.normalize,
-        output=args.output,
-        epochs=args.epochs,
-        seed=args.seed,
-        out=args.out,
-        epoch_samples=args.epoch_samples,
-        batch_size=args.batch_size,
-        path_lr=args.path_lr,
-        finetune_lr=args.finetune_lr,
-        accelerator=args.accelerator,
-        image_size=args.image_size,
-    )
+    # every other option is a keyword of mcrobust.repair (or of ChainSettings) under the same name
+    options = {key: value for key, value in vars(args).items() if key not in ("model", "clean", "net", "net_args")}
+    if options.get("second_end") is None:
+        options.pop("second_end", None)  # the chain's default recipe
+    return repair(args.model, args.clean, net=net, **options)

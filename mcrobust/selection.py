@@ -3,7 +3,9 @@
 The defender knows neither the trigger nor the injected images, so the choice may use only clean data it owns. Along
 a repaired path the attack dies a short distance from each endpoint while clean accuracy stays near the endpoints',
 so the rule prefers the point farthest from both tampered models (t = 0.5) among those whose held-out accuracy is
-about as good as the best interior point's.
+about as good as the best interior point's. With one tampered model (t = 0) joined to a purified copy of it (t = 1),
+``target=1`` prefers the point farthest from the tampered model instead (`mcrobust repair` with selection 'far',
+docs/one_model.md): there the backdoor may die anywhere along the path, not near t = 0.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def select_t(
         column: higher-is-better column measured on held-out bonafide data.
         tolerance: how far below the best interior value a point may be and still qualify (absolute, a fraction);
             None: one standard error of the best value on `count` held-out images (at least one image).
-        target: the preferred t; 0.5 is farthest from both endpoints.
+        target: the preferred t; 0.5 is farthest from both endpoints, 1.0 farthest from a single tampered model at
+            t=0 (the interior point nearest its purified copy).
         explicit: a t chosen by the user, in [0, 1]; returned as is, bypassing the rule.
         count: how many held-out images the column was measured on (needed when tolerance is None).
     """

@@ -156,3 +156,114 @@ def test_a_curve_checkpoint_is_not_a_weights_source(tmp_path):
     curve_state = {"curve.bends.0.fc-weight": torch.zeros(2), "curve.template.fc.weight": torch.zeros(2)}
     torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": curve_state}, tmp_path / "path.ckpt")
     one_line_error(lambda: load_weights(tmp_path / "path.ckpt"), "curve checkpoint")
+
+
+# Checkpoints in the wild: other code bases' containers, prefixes and extra entries.
+
+
+def other_state(seed: int = 5) -> dict[str, torch.Tensor]:
+    """Weights of the same architecture with other values, to tell two copies in one file apart."""
+    torch.manual_seed(seed)
+    return small_net().state_dict()
+
+
+def optimizer_state(net: nn.Module) -> dict:
+    """A real Adam state after one step: tensors under int keys, floats and lists beside them."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.rand(2, 3, 4, 4)).sum().backward()
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: {"net": s, "acc": 0.9, "epoch": 3, "arch": "small"},
+        lambda s: {"state_dict": s, "optimizer": optimizer_state(small_net())},
+        lambda s: {"model_state_dict": s, "optimizer_state_dict": optimizer_state(small_net()), "loss": 0.1},
+        lambda s: {"model": prefixed("module.", s), "epoch": 7},
+        lambda s: {"network": prefixed("model.", s)},
+        lambda s: {"params": prefixed("_orig_mod.", s)},
+        lambda s: {"module": prefixed("module._orig_mod.", s)},
+        lambda s: {"state_dict": s, "best_acc": torch.tensor(0.93), "step": torch.tensor(100)},
+        lambda s: {"checkpoint": {"model": {"network": {"module": s}}}, "meta": {"epoch": 1}},
+    ],
+    ids=[
+        "net-with-scalars",
+        "state_dict-with-optimizer",
+        "model_state_dict",
+        "model-module-prefix",
+        "network-model-prefix",
+        "params-compiled",
+        "module-ddp-compiled",
+        "tensor-scalars-beside",
+        "four-levels-deep",
+    ],
+)
+def test_checkpoints_of_other_code_bases_load(tmp_path, state, wrap):
+    path = tmp_path / "foreign.pt"
+    torch.save(wrap(state), path)
+    assert list(load_weights(path, template=small_net())) == list(state)  # the template's key order
+    assert_same(load_weights(path, template=small_net()), state)
+    assert_same(load_weights(path), state)
+
+
+def test_weights_deeper_than_four_containers_are_not_searched(tmp_path, state):
+    torch.save({"a": {"b": {"c": {"d": {"e": state}}}}, "epoch": 1}, tmp_path / "deep.pt")
+    message = one_line_error(lambda: load_weights(tmp_path / "deep.pt"), "holds no tensors")
+    assert "top-level keys: 'a', 'epoch'" in message
+
+
+@pytest.mark.parametrize("ema_first", [False, True], ids=["model-first", "ema-first"])
+@pytest.mark.parametrize(
+    ("model_key", "ema_key"),
+    [("model", "model_ema"), ("state_dict", "state_dict_ema"), ("net", "ema"), ("model_state_dict", "ema_state_dict")],
+)
+def test_a_model_is_preferred_to_its_ema_copy_when_both_fit(tmp_path, state, model_key, ema_key, ema_first):
+    pairs = [(model_key, state), (ema_key, other_state())]
+    torch.save(dict(pairs[::-1] if ema_first else pairs), tmp_path / "both.pt")
+    assert_same(load_weights(tmp_path / "both.pt", template=small_net()), state)
+    assert_same(load_weights(tmp_path / "both.pt"), state)
+
+
+def test_the_copy_that_fits_the_template_is_taken(tmp_path, state):
+    wide = small_net(width=6).state_dict()
+    torch.save({"model": wide, "model_ema": state, "epoch": 2}, tmp_path / "ema-fits.pt")
+    assert_same(load_weights(tmp_path / "ema-fits.pt", template=small_net()), state)
+    assert_same(load_weights(tmp_path / "ema-fits.pt", template=small_net(width=6)), wide)
+
+
+def test_a_model_and_an_ema_prefix_in_one_state_dict(tmp_path, state):
+    system = {**prefixed("ema.", other_state()), **prefixed("model.module.", state)}  # EMA first, shorter prefix
+    torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": system}, tmp_path / "system.ckpt")
+    assert_same(load_weights(tmp_path / "system.ckpt", template=small_net()), state)
+    assert_same(load_weights(tmp_path / "system.ckpt"), state)
+
+
+class Wrapper(nn.Module):
+    """A wrapper whose keys carry `net.`, as AdaptedNet's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_net()
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "net."], ids=["plain", "ddp", "already-wrapped"])
+def test_a_wrapping_template_gets_its_prefix_added(tmp_path, state, prefix):
+    torch.save({"state_dict": prefixed(prefix, state)}, tmp_path / "inner.pt")
+    loaded = load_weights(tmp_path / "inner.pt", template=Wrapper())
+    assert_same(loaded, prefixed("net.", state))
+    Wrapper().load_state_dict(loaded)  # strict
+
+
+def test_nothing_fitting_is_one_line_naming_top_level_keys_and_first_mismatch(tmp_path):
+    wide = small_net(width=6)
+    torch.save({"net": wide.state_dict(), "acc": 0.9, "optimizer": optimizer_state(wide)}, tmp_path / "wide.pt")
+    message = one_line_error(lambda: load_weights(tmp_path / "wide.pt", template=small_net()), "no weights in")
+    assert "top-level keys: 'net', 'acc', 'optimizer'" in message
+    assert "the closest, ['net'], has '0.weight' of shape [6, 3, 3, 3], the network expects [4, 3, 3, 3]" in message
+    state = small_net().state_dict()
+    del state["3.bias"]
+    torch.save({"model": {"module": prefixed("module.", state)}, "epoch": 1}, tmp_path / "short.pt")
+    message = one_line_error(lambda: load_weights(tmp_path / "short.pt", template=small_net()), "lacks '3.bias'")
+    assert "the closest, ['model']['module']," in message and "top-level keys: 'model', 'epoch'" in message

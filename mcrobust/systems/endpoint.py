@@ -42,13 +42,15 @@ class EndpointSystem(ClassificationSystem):
     ) -> None:
         super().__init__(net, optimizer, scheduler, eval_attack, normalize, output)
         self.init_weights = init_weights
+        self.weights_ready = False  # set once the weights are loaded or trained, so a later stage keeps them
         self.save_plain_hyperparameters()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.trainer.ckpt_path is not None:
-            return  # a resumed run, or a test of a checkpoint, restores everything from that checkpoint
-        if self.init_weights:  # every stage: `mcrobust test --model.init_args.init_weights x.pt` evaluates x.pt
+        if self.trainer.ckpt_path is not None or self.weights_ready:
+            return  # restored from a checkpoint, or trained / loaded earlier in this process (fit, then test)
+        if self.init_weights:  # any stage: `mcrobust test --model.init_args.init_weights x.pt` evaluates x.pt
             self.net.load_state_dict(load_weights(self.init_weights, template=self.net))
         elif stage == "fit":
             self.use_data_statistics()
+        self.weights_ready = stage == "fit" or bool(self.init_weights)
