@@ -2,30 +2,48 @@
 
 `mcrobust fit --config configs/experiments/<file>.yaml` runs any system on any data set; a mistake the user
 can fix prints `mcrobust: error: ...` and exits with status 2 (set MCROBUST_DEBUG=1 for the traceback).
-Before a run starts its output folders are checked; a run that fails before its first batch removes what it
-created there (docs/threat_model.md).
+A config may list the files it is composed of under `parts:` (docs/configs.md); `path_evaluation:` holds the
+`PathEvaluation` callback, so `--path_evaluation.num_points 3` changes one setting of it. Before a run starts its
+output folders are checked; a run that fails before its first batch removes what it created there
+(docs/threat_model.md).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
+import io
+import logging
 import os
 import re
 import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import Callback
+import yaml
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mcrobust.atomic import atomic_path
+from mcrobust.atomic import atomic_torch_save
+from mcrobust.callbacks import ExportPoint, PathEvaluation
+from mcrobust.cli_help import EPILOG, CompactHelpFormatter, ExperimentHelp, experiment_sections, shown_config
+from mcrobust.config_parts import expand_config_args
 from mcrobust.data.datamodules import RobustDataModule
-from mcrobust.errors import ConfigError, MCRobustError
-from mcrobust.guards import OutputSnapshot, check_resume_checkpoint, check_writable_folder
+from mcrobust.errors import CheckpointError, ConfigError, MCRobustError
+from mcrobust.guards import (
+    OutputSnapshot,
+    check_checkpoint_classes,
+    check_resume_checkpoint,
+    check_settings,
+    check_writable_folder,
+    nested_strings,
+)
 
 EXIT_USAGE = 2
 DEBUG_VARIABLE = "MCROBUST_DEBUG"
@@ -42,6 +60,41 @@ def fail(message: str) -> NoReturn:
     """Print one line for the user and exit with status 2."""
     sys.stderr.write(f"mcrobust: error: {message}\n")
     raise SystemExit(EXIT_USAGE)
+
+
+TIP_LOGGERS = (
+    "lightning_utilities.core.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "pytorch_lightning.utilities.rank_zero",
+)
+"""The loggers Lightning's `rank_zero_info` writes through (whichever of the three the installed versions use)."""
+HARMLESS_WARNINGS = (
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),  # torch, from Lightning's _pytree
+    (UserWarning, r"LightningCLI's args parameter is intended to run from within Python"),  # scripts' run_cli(args)
+)
+
+
+class AdvertisingFilter(logging.Filter):
+    """Drops Lightning's advertising tips ("💡 Tip: ... try installing litlogger / litmodels"): they promote a cloud
+    service and say nothing about the run. Lightning has no setting for them, so a logging filter removes them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """Silence what only adds noise to a run's output: advertising tips and known-harmless deprecation warnings.
+
+    jsonargparse's own switch (`JSONARGPARSE_DEPRECATION_WARNINGS=off`) silences its deprecation notices unless the
+    user set that variable; every genuine warning (a setting that will not do what it says) still shows.
+    """
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    for category, message in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in TIP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, AdvertisingFilter) for existing in logger.filters):
+            logger.addFilter(AdvertisingFilter())
 
 
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value")
@@ -65,23 +118,60 @@ def summarize_parser_error(message: str) -> str:
 def user_error_message(error: BaseException) -> str | None:
     """The one-line message of a user error, or None for a bug.
 
-    jsonargparse wraps errors of the classes it instantiates and a spawned DDP worker's error reaches the parent
-    only as text, so the causes and that text are searched for an `MCRobustError`; Lightning's own
-    `MisconfigurationException` (e.g. a negative max_epochs) is a user error too.
+    The project's own errors come first: jsonargparse wraps errors of the classes it instantiates, and a Union
+    setting keeps only the first subtype's error as the cause (the others are text in its message), so the causes,
+    then the exceptions held by the frames the error passed through, are searched for an `MCRobustError`. A
+    spawned DDP worker's error reaches the parent only as text. Lightning's own `MisconfigurationException` (e.g. a
+    negative max_epochs) is a user error too.
     """
+    chain = list(_causes(error))
+    found: BaseException | None = next((e for e in chain if isinstance(e, MCRobustError)), None)
+    found = (
+        found
+        or _held_project_error(chain)
+        or next((e for e in chain if isinstance(e, MisconfigurationException)), None)
+    )
+    if found is not None:
+        return _first_line(found)
+    for name, message in _REMOTE_ERROR.findall(str(error)):
+        module, _, cls = name.rpartition(".")
+        imported = getattr(sys.modules.get(module) or _import(module), cls, None)
+        if isinstance(imported, type) and issubclass(imported, MCRobustError):
+            return message.strip()
+    return None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, its cause, the cause's cause, ... (or the context where there is no cause)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (MCRobustError, MisconfigurationException)):
-            return _first_line(current)
+        yield current
         current = current.__cause__ or current.__context__
-    for name, message in _REMOTE_ERROR.findall(str(error)):
-        module, _, cls = name.rpartition(".")
-        found = getattr(sys.modules.get(module) or _import(module), cls, None)
-        if isinstance(found, type) and issubclass(found, MCRobustError):
-            return message.strip()
+
+
+def _held_project_error(chain: list[BaseException]) -> MCRobustError | None:
+    """An MCRobustError that a frame on the errors' way held, innermost first (jsonargparse's Union tries)."""
+    for error in chain:
+        frames = []
+        trace = error.__traceback__
+        while trace is not None:
+            frames.append(trace.tb_frame)
+            trace = trace.tb_next
+        for frame in reversed(frames):
+            for value in frame.f_locals.values():
+                items = value if isinstance(value, (list, tuple)) else (value,)
+                found = next((item for item in items if isinstance(item, MCRobustError)), None)
+                if found is not None:
+                    return found
     return None
+
+
+def _resolve(class_path: str) -> Any:
+    """The class at `class_path` (trusted: checked by `check_checkpoint_classes`), or None."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(_import(module), name, None) if module else None
 
 
 def _import(module: str) -> Any:
@@ -97,29 +187,94 @@ def _first_line(error: BaseException) -> str:
 
 
 class MCRobustArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one line instead of pages of usage."""
+    """LightningArgumentParser whose errors are one line instead of pages of usage, and whose `--help` fits a
+    screen or two (mcrobust.cli_help) and shows the values of the configs given before it."""
 
     context: str | None = None
     """Set while LightningCLI merges a checkpoint's hyperparameters: errors then raise ConfigError with it."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prog", "mcrobust")
+        kwargs.setdefault("formatter_class", CompactHelpFormatter)
+        kwargs.setdefault("epilog", EPILOG)
+        add_help = kwargs.pop("add_help", True)
+        super().__init__(*args, add_help=False, **kwargs)
+        if add_help:
+            self.add_argument("-h", "--help", action=ExperimentHelp, default=argparse.SUPPRESS)
+
+    def format_help(self, formatter: Any = None) -> str:
+        return super().format_help(formatter) + experiment_sections(shown_config.get())
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        own = user_error_message(ex) if ex is not None else None
         if self.context is not None and not debugging():
-            raise ConfigError(f"{self.context}: {summarize_parser_error(message)}") from ex
+            raise ConfigError(f"{self.context}: {own or summarize_parser_error(message)}") from ex
         if debugging() or not self.exit_on_error:
             super().error(message, ex)
-        fail(summarize_parser_error(message))
+        fail(own or summarize_parser_error(message))
 
 
 class RunStarted(Callback):
-    """Notes whether any loop has begun its first batch: before that, a failed run has produced nothing."""
+    """Notes whether any loop has begun its first batch: before that, a failed run has produced nothing.
 
-    def __init__(self) -> None:
+    Args:
+        on_start: called once, at the first batch.
+    """
+
+    def __init__(self, on_start: Any = None) -> None:
         self.started = False
+        self.on_start = on_start
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callbacks into each worker; `on_start` belongs to the launching process
+        return {**self.__dict__, "on_start": None}
 
     def _mark(self, *args: Any, **kwargs: Any) -> None:
+        if not self.started and self.on_start is not None:
+            self.on_start()
         self.started = True
 
     on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _mark
+
+
+class HeldLogs(logging.Handler):
+    """Holds the log records of Lightning and Fabric until the run starts; a start that fails drops them.
+
+    Lightning prints its set-up lines (seed, accelerators, tips, restored states) before anything can tell whether
+    the run will start: a user whose run fails before its first batch then sees the one error line only.
+    """
+
+    LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.saved: dict[str, tuple[list[logging.Handler], bool]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        # ddp_spawn pickles the CLI (LightningCLI's instantiator holds it): a worker gets a fresh one that holds nothing
+        return HeldLogs, ()
+
+    def hold(self) -> None:
+        """Send the loggers' records here instead of to their handlers."""
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self.saved[name] = (logger.handlers[:], logger.propagate)
+            logger.handlers, logger.propagate = [self], False
+
+    def restore(self, replay: bool) -> None:
+        """Give the loggers their handlers back and, with `replay`, pass them the records held so far."""
+        for name, (handlers, propagate) in self.saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
+        self.saved = {}
+        records, self.records = self.records, []
+        for record in records if replay else ():
+            owner = next(name for name in self.LOGGERS if record.name.split(".")[0] == name)
+            logging.getLogger(owner).callHandlers(record)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -127,41 +282,108 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning writes through an fsspec transaction whose temporary file lies in $TMPDIR: when that is another file
     system the final move is a copy, and a run killed during it leaves a truncated `last.ckpt`. The temporary name
-    does not contain 'last', so `--ckpt_path last` never picks one a killed run left behind.
+    does not contain 'last', so `--ckpt_path last` never picks one a killed run left behind. The checkpoint is
+    serialised in memory first: its bytes do not depend on the temporary name, and a full disk is one line.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_path(path, prefix=".mcrobust-") as temporary:
-            torch.save(checkpoint, temporary)
+        atomic_torch_save(checkpoint, path, prefix=".mcrobust-")
         return None
+
+
+GROUP_TITLES = {
+    "trainer": "trainer: pytorch_lightning.Trainer (any of its arguments, --trainer.NAME VALUE)",
+    "model": "model: the system, a LightningModule (its settings: --model.init_args.NAME VALUE)",
+    "data": "data: mcrobust.data.datamodules.RobustDataModule",
+    "path_evaluation": "path_evaluation: mcrobust.callbacks.PathEvaluation (one setting: --path_evaluation.NAME VALUE)",
+}
+
+
+def subcommand_section(config: Any, subcommand: str | None) -> Any:
+    """The part of a parsed (or instantiated) config that belongs to `subcommand` (the whole config without one)."""
+    section = config.get(subcommand) if subcommand else None
+    return section if section is not None else config
+
+
+def with_path_evaluation(callbacks: Any, evaluation: PathEvaluation | None) -> list[Callback]:
+    """The trainer's callbacks with `evaluation` placed before the first `ExportPoint`, which exports its choice.
+
+    The evaluation is added exactly once: a `PathEvaluation` in `trainer.callbacks` as well is refused, since two
+    sweeps would write the same table.
+    """
+    listed = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    if evaluation is None:
+        return listed
+    if any(isinstance(callback, PathEvaluation) for callback in listed):
+        raise ConfigError(
+            "PathEvaluation is set twice, in path_evaluation and in trainer.callbacks: keep one "
+            "(--path_evaluation null drops the first)"
+        )
+    exports = [index for index, callback in enumerate(listed) if isinstance(callback, ExportPoint)]
+    listed.insert(exports[0] if exports else len(listed), evaluation)
+    return listed
 
 
 class MCRobustCLI(LightningCLI):
     """LightningCLI over every mcrobust system (subclass mode) and `RobustDataModule`.
 
-    Before a subcommand runs, every output folder is checked (one line naming the folder and its setting when it
-    cannot be written) and its contents are recorded; if the run then fails before its first batch (a bad
-    checkpoint, missing data, an impossible size found in `setup`), the files and folders it created are removed.
+    A `--ckpt_path` is checked before LightningCLI merges its hyperparameters into the config: it must be a
+    finite Lightning checkpoint of the config's system class whose hyperparameters name only trusted classes.
+    Settings that torch would refuse only mid-start are checked before anything is built. Before a subcommand
+    runs, every output folder is checked (one line naming the folder and its setting when it cannot be written)
+    and its contents are recorded; if the run then fails before its first batch (a bad checkpoint, missing data,
+    an impossible size found in `setup`), the files and folders it created are removed and Lightning's set-up
+    log lines are dropped, so the error is the only line.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        quiet_lightning()
         kwargs.setdefault("trainer_defaults", {"inference_mode": False})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        self.run_started = RunStarted()
+        self.held_logs = HeldLogs()
+        self.run_started = RunStarted(on_start=lambda: self.held_logs.restore(replay=True))
         self.output_snapshot: OutputSnapshot | None = None
-        super().__init__(
-            model_class=pl.LightningModule,
-            datamodule_class=RobustDataModule,
-            subclass_mode_model=True,
-            parser_class=MCRobustArgumentParser,
-            args=args,
-            run=run,
-            **kwargs,
+        self.resume_checkpoint: dict[str, Any] | None = None
+        self.held_logs.hold()
+        try:
+            super().__init__(
+                model_class=pl.LightningModule,
+                datamodule_class=RobustDataModule,
+                subclass_mode_model=True,
+                parser_class=MCRobustArgumentParser,
+                args=args,
+                run=run,
+                **kwargs,
+            )
+        except BaseException:
+            self.held_logs.restore(replay=self.run_started.started or debugging())
+            raise
+        self.held_logs.restore(replay=True)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """`path_evaluation:`, the `PathEvaluation` callback outside the callback list, so that one of its settings
+        changes from the command line (`--path_evaluation.num_points 3`); null (the default) evaluates nothing."""
+        parser.add_subclass_arguments(
+            PathEvaluation,
+            "path_evaluation",
+            required=False,
+            fail_untyped=False,
+            help="the path evaluation, run before the trainer's ExportPoint; null: none",
         )
+        groups = parser.groups or {}
+        for key, title in GROUP_TITLES.items():
+            if key in groups:
+                groups[key].title = title
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        if "callbacks" not in kwargs:
+            section = subcommand_section(self.config_init, self.subcommand)
+            trainer_settings = section.get("trainer") or {}
+            kwargs["callbacks"] = with_path_evaluation(
+                trainer_settings.get("callbacks"), section.get("path_evaluation")
+            )
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(self.run_started)  # type: ignore[attr-defined]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a plugin the user chose
@@ -183,15 +405,62 @@ class MCRobustCLI(LightningCLI):
         return [(setting, folder) for setting, folder in folders if "://" not in str(folder)]
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then check `ckpt_path` before LightningCLI reads the checkpoint's hyperparameters into the config."""
-        super().parse_arguments(parser, args)
+        """Expand the configs' `parts:`, parse, then read and check a local `ckpt_path` (Lightning resolves
+        shorthands and URLs itself)."""
+        if args is None:  # the command line itself, as LightningCLI reads it
+            self.config = parser.parse_args(expand_config_args(sys.argv[1:]))
+        elif isinstance(args, (list, tuple)):
+            super().parse_arguments(parser, expand_config_args(args))
+        else:
+            super().parse_arguments(parser, args)
         ckpt_path = self.subcommand_setting("ckpt_path")
         if not ckpt_path or str(ckpt_path) in CKPT_SHORTHANDS or str(ckpt_path).startswith("registry"):
             return
         if "://" not in str(ckpt_path):
-            check_resume_checkpoint(ckpt_path, trusted=self.subcommand_setting("weights_only") is False)
-        if isinstance(parser, MCRobustArgumentParser):
-            parser.context = f"the hyperparameters saved in ckpt_path {ckpt_path} do not fit this config"
+            trusted = self.subcommand_setting("weights_only") is False
+            self.resume_checkpoint = check_resume_checkpoint(ckpt_path, trusted=trusted)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's merge of the `ckpt_path` hyperparameters into the config, after checking what they name.
+
+        LightningCLI would import every class they name and switch the system to the checkpoint's class: here a
+        class outside the trusted packages and the user's config is refused before anything is imported, and a
+        checkpoint of another system class than the config's is an error that names both.
+        """
+        checkpoint, ckpt_path = self.resume_checkpoint, self.subcommand_setting("ckpt_path")
+        self.resume_checkpoint = None  # its tensors are memory-mapped: do not keep the file open for the run
+        hparams = checkpoint.get("hyper_parameters") if checkpoint is not None else None
+        if not hparams:
+            return
+        if not isinstance(hparams, dict):
+            raise CheckpointError(f"ckpt_path {ckpt_path} has hyper_parameters of type {type(hparams).__name__}")
+        check_checkpoint_classes(hparams, ckpt_path, named=(value for _, value in nested_strings(self.config_dict())))
+        hparams = {key: value for key, value in hparams.items() if key != "_instantiator"}
+        self.check_system_class(hparams.get("_class_path"), ckpt_path)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if isinstance(self.parser, MCRobustArgumentParser):
+            self.parser.context = f"the hyperparameters saved in ckpt_path {ckpt_path} do not fit this config"
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        if isinstance(self.parser, MCRobustArgumentParser):
+            self.parser.context = None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The parsed config of the subcommand as nested dicts."""
+        subcommand = self.config.get("subcommand")
+        section = self.config.get(subcommand) if subcommand else self.config
+        return section.as_dict() if section is not None else {}
+
+    def check_system_class(self, saved: str | None, ckpt_path: Any) -> None:
+        """Raise CheckpointError when the checkpoint's system class is not the config's `model.class_path`."""
+        model = self.subcommand_setting("model")
+        configured = model.get("class_path") if model is not None and hasattr(model, "get") else None
+        if not saved or not configured or saved == configured or _resolve(saved) is _resolve(configured):
+            return
+        raise CheckpointError(
+            f"ckpt_path {ckpt_path} is a checkpoint of {saved}, but the config's model is {configured}; give the "
+            f"config the checkpoint was written with, or a checkpoint of {configured.rsplit('.', 1)[-1]}"
+        )
 
     def subcommand_setting(self, key: str) -> Any:
         """A subcommand argument such as `ckpt_path` from the parsed config (None when absent)."""
@@ -202,6 +471,7 @@ class MCRobustCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if isinstance(self.parser, MCRobustArgumentParser):
             self.parser.context = None
+        check_settings(self.config_dict())
 
     def prepare_run(self) -> None:
         """Check the output folders, then record what the run's folders hold now; load `ckpt_path` weights_only."""
@@ -215,9 +485,22 @@ class MCRobustCLI(LightningCLI):
             log_dir = getattr(logger, "log_dir", None)  # the version folder; nothing is created by asking
             if isinstance(log_dir, str) and "://" not in log_dir:
                 run_folders.append(Path(log_dir))
+        for setting, folder in self.run_subfolders(run_folders):
+            check_writable_folder(folder, setting)
         # without a versioned logger, set-up files go to a folder shared with other things: remove only those
         shared = [Path(trainer.log_dir or trainer.default_root_dir)] if not run_folders else []
         self.output_snapshot = OutputSnapshot(run_folders, shared_folders=shared)
+
+    def run_subfolders(self, run_folders: list[Path]) -> list[tuple[str, Path]]:
+        """(setting, folder) of the version folders and the `checkpoints/` a ModelCheckpoint makes in them."""
+        folders = [("trainer.logger.init_args.name / version", folder) for folder in run_folders]
+        if self.trainer.loggers and not run_folders:
+            return folders  # a remote logger: its checkpoints go there too
+        base = run_folders[0] if run_folders else Path(self.trainer.default_root_dir)
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                folders.append(("ModelCheckpoint dirpath", base / "checkpoints"))
+        return folders
 
     def before_fit(self) -> None:
         self.prepare_run()
@@ -255,9 +538,28 @@ def run_cli(args: list[str] | None = None, **kwargs: Any) -> MCRobustCLI:
         fail(message)
 
 
+def resolved_config(*configs: str | Path, args: Sequence[str] = (), subcommand: str = "fit") -> dict[str, Any]:
+    """The whole config that `mcrobust <subcommand> --config <each> ... <args> --print_config` prints, as dicts.
+
+    The path users take (parts expanded, configs merged, defaults filled in), for tests and scripts that read a
+    setting of an experiment without building it.
+    """
+    command = [subcommand, *(item for config in configs for item in ("--config", str(config))), *args]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            run_cli([*command, "--print_config"])
+        except SystemExit as exit_info:
+            if exit_info.code not in (0, None):
+                raise
+    loaded = yaml.safe_load(printed.getvalue())
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `mcrobust` console script and `python -m mcrobust`."""
-    run_cli(args)
+    # the command line itself: LightningCLI reads sys.argv (given both, it warns that they might differ)
+    run_cli(None if args is not None and list(args) == sys.argv[1:] else args)
 
 
 if __name__ == "__main__":

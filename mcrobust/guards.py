@@ -1,9 +1,11 @@
 """Guards that stop a run early and say why, and undo what a run that failed before its first batch left behind.
 
-Four guards, all plain torch or plain filesystem code (the CLI and the systems wire them into Lightning):
+Guards in plain torch or plain filesystem code (the CLI and the systems wire them into Lightning):
 `check_finite_loss` stops training at the first NaN or infinite loss, `check_writable_folder` refuses an output
 folder that cannot be created before anything runs, `check_resume_checkpoint` refuses a `--ckpt_path` that is
-missing, damaged or would run code when unpickled, and `OutputSnapshot` removes the files and folders a failed
+missing, damaged, diverged, not a Lightning checkpoint or would run code when unpickled,
+`check_checkpoint_classes` refuses one whose hyperparameters name code outside the trusted packages (checked
+before anything is imported), and `OutputSnapshot` removes the files and folders a failed
 start created, so the next attempt gets the same version folder and nothing half-done is left to mistake for a
 result (docs/threat_model.md states the guarantee).
 """
@@ -11,17 +13,21 @@ result (docs/threat_model.md states the guarantee).
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import pickle
 import re
 import shutil
+import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mcrobust.checkpoints import check_finite
 from mcrobust.errors import CheckpointError, ConfigError, MCRobustError
 
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -82,26 +88,41 @@ def check_writable_folder(folder: str | os.PathLike[str], setting: str) -> None:
         )
 
 
-def check_resume_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> None:
-    """Raise CheckpointError when the Lightning checkpoint to resume from is missing, damaged or unsafe.
+def check_resume_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> dict[str, Any]:
+    """Raise CheckpointError when the Lightning checkpoint to resume from is missing, damaged, unsafe or diverged.
 
-    The file is opened the way Lightning will open it, `torch.load(weights_only=True)`, but memory-mapped, so the
-    tensors are not read: the check costs the unpickling of the metadata only.
+    The file is opened the way Lightning will open it, `torch.load(weights_only=True)`, but memory-mapped, so only
+    the metadata is read up front; the finiteness check then reads the weights once.
 
     Args:
         path: the `ckpt_path` given to fit / validate / test / predict.
-        trusted: the user passed `--weights_only false`; only the file's existence is checked.
+        trusted: the user passed `--weights_only false`: the file is unpickled without restrictions.
+
+    Returns:
+        The checkpoint (tensors memory-mapped).
     """
     path = Path(path)
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
         raise CheckpointError(f"ckpt_path {path} {problem}; give the .ckpt file of an earlier run")
-    if trusted:
-        return
+    checkpoint = _load_checkpoint(path, trusted)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or LIGHTNING_VERSION not in checkpoint:
+        held = "weights only" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise CheckpointError(
+            f"ckpt_path {path} is not a Lightning checkpoint (it holds {held}, no trainer state); to start from plain "
+            "weights set model.init_args.init_weights (an endpoint) or model.init_args.start / end (a curve)"
+        )
+    if isinstance(checkpoint["state_dict"], Mapping):
+        tensors = {key: value for key, value in checkpoint["state_dict"].items() if isinstance(value, Tensor)}
+        check_finite(tensors, f"ckpt_path {path}")
+    return checkpoint
+
+
+def _load_checkpoint(path: Path, trusted: bool) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
     except pickle.UnpicklingError as error:
         found = _UNSAFE_GLOBAL.search(str(error))
         needs = f"it needs {found.group(1)}, which could run code" if found else "it holds more than tensors"
@@ -114,11 +135,112 @@ def check_resume_checkpoint(path: str | os.PathLike[str], trusted: bool = False)
         raise CheckpointError(
             f"cannot read ckpt_path {path} ({detail}); the file is truncated or corrupt, or not a Lightning checkpoint"
         ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"ckpt_path {path} is not a Lightning checkpoint (no 'state_dict'); plain weights go to "
-            "model.init_args.start / end / init_weights"
+
+
+TRUSTED_PACKAGES = ("mcrobust", "torch", "torchvision", "pytorch_lightning", "torchmetrics")
+"""Packages whose classes a checkpoint's hyperparameters may name; anything else only when the config names it."""
+
+LIGHTNING_VERSION = "pytorch-lightning_version"
+"""The key every checkpoint Lightning writes has (a plain state_dict or `{'state_dict': ...}` does not)."""
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_CLASS_PATH_KEYS = ("class_path", "_class_path", "_instantiator")
+
+
+def check_checkpoint_classes(hyperparameters: Any, path: str | os.PathLike[str], named: Iterable[str] = ()) -> None:
+    """Raise CheckpointError when a checkpoint's hyperparameters name code outside the trusted packages.
+
+    LightningCLI merges a `ckpt_path`'s hyperparameters into the config and then imports and builds every
+    `class_path` in them, and jsonargparse imports any dotted string given to a callable or type argument: a
+    crafted checkpoint could thereby import a module of its choice. Nothing is imported here: a `class_path`
+    (and any other dotted string whose first part is an installed module) must lie in `TRUSTED_PACKAGES` or be
+    named by the user's own config.
+
+    Args:
+        hyperparameters: the checkpoint's `hyper_parameters` (nested dicts and lists).
+        path: the checkpoint, named in the message.
+        named: the strings of the user's config (class paths it names are allowed).
+    """
+    allowed = set(named)
+    for key, value in nested_strings(hyperparameters, "model"):
+        if value in allowed or not _IMPORT_PATH.match(value) or value.split(".")[0] in TRUSTED_PACKAGES:
+            continue
+        if key.rsplit(".", 1)[-1] in _CLASS_PATH_KEYS or _is_installed(value.split(".")[0]):
+            raise CheckpointError(
+                f"refusing ckpt_path {path}: its hyperparameters name {value} ({key}), which would be imported; "
+                f"only classes of {', '.join(TRUSTED_PACKAGES)} or of your config are built from a checkpoint"
+            )
+
+
+def nested_strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(key, string) for every string in nested mappings and sequences, keys joined with dots."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from nested_strings(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from nested_strings(item, f"{key}.{index}")
+
+
+def _is_installed(module: str) -> bool:
+    """Whether a top-level module can be imported; finding it runs none of its code."""
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+NON_NEGATIVE_OPTIMIZER_ARGUMENTS = ("lr", "momentum", "weight_decay", "eps")
+"""torch.optim arguments that torch refuses below 0, only once the optimizer is built (after the run set up)."""
+
+
+def check_settings(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError, naming the key, for settings that torch or Lightning reject only after set-up began.
+
+    Checked on the parsed config, before anything is built or written: every `torch.optim` class's `lr`,
+    `momentum`, `weight_decay`, `eps` (>= 0) and `betas` (in [0, 1)), and `trainer.check_val_every_n_epoch`.
+
+    Args:
+        config: one subcommand's parsed config as nested dicts (`class_path` / `init_args` for classes).
+    """
+    trainer = config.get("trainer") or {}
+    every = trainer.get("check_val_every_n_epoch") if isinstance(trainer, Mapping) else None
+    if isinstance(every, int) and every < 1:
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch must be >= 1, got {every}; or null, to validate every "
+            "trainer.val_check_interval training batches"
         )
+    for key, spec in class_settings(config):
+        if str(spec.get("class_path", "")).startswith("torch.optim.") and isinstance(spec.get("init_args"), Mapping):
+            _check_optimizer_arguments(spec["init_args"], f"{key}.init_args")
+
+
+def class_settings(value: Any, key: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(key, mapping) for every `class_path` mapping in nested mappings and sequences."""
+    if isinstance(value, Mapping):
+        if "class_path" in value:
+            yield key, value
+        for name, item in value.items():
+            yield from class_settings(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from class_settings(item, f"{key}.{index}")
+
+
+def _check_optimizer_arguments(arguments: Mapping[str, Any], key: str) -> None:
+    for name in NON_NEGATIVE_OPTIMIZER_ARGUMENTS:
+        value = arguments.get(name)
+        if isinstance(value, (int, float)) and not value >= 0:  # `not >=` also catches NaN
+            raise ConfigError(f"{key}.{name} must be >= 0, got {value}")
+    betas = arguments.get("betas")
+    if isinstance(betas, (list, tuple)):
+        for index, beta in enumerate(betas):
+            if isinstance(beta, (int, float)) and not 0.0 <= beta < 1.0:
+                raise ConfigError(f"{key}.betas[{index}] must be in [0, 1), got {beta}")
 
 
 SETUP_FILES = ("config.yaml", "hparams.yaml", "bonafide_indices.json", "events.out.tfevents.*", ".*.tmp")

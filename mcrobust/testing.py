@@ -26,3 +26,29 @@ def quiet_trainer(root: str | os.PathLike[str] | None = None, **overrides: Any) 
     if root is not None:
         settings["default_root_dir"] = str(root)
     return pl.Trainer(**{**settings, **overrides})
+
+
+def fails_in_one_line(capsys: Any, args: list[str], *fragments: str) -> str:
+    """Run the `mcrobust` CLI in-process and check the user-error contract; return the error line.
+
+    Exit status 2, the last stderr line `mcrobust: error: ...` holding every fragment, and no traceback.
+
+    Args:
+        capsys: pytest's capsys fixture.
+        args: the command line after `mcrobust`.
+        *fragments: texts the error line must contain (the setting it names, the fix).
+    """
+    import pytest
+
+    from mcrobust.cli import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("mcrobust: error:"), err[-2000:]
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]

@@ -19,6 +19,7 @@ from torch import nn
 from mcrobust.cli import run_cli, user_error_message
 from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
+from mcrobust.testing import fails_in_one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 REPAIR = str(ROOT / "configs/experiments/repair_digits_tiny.yaml")
@@ -128,15 +129,7 @@ def files_under(folder: Path) -> list[Path]:
 
 def assert_one_line_error(capsys, args: list[str], fragment: str) -> str:
     """Run the CLI and check exit status 2, a last line `mcrobust: error: ...` holding `fragment`, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert lines and lines[-1].startswith("mcrobust: error:"), err[-2000:]
-    assert fragment in lines[-1], lines[-1]
-    assert "Traceback" not in err
-    return lines[-1]
+    return fails_in_one_line(capsys, args, fragment)
 
 
 def assert_no_partial_output(logs: Path, nothing_at_all: bool = True) -> None:
@@ -230,7 +223,7 @@ CONFIG_CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: ["--data.bonafide_size", "null", "--data.bonafide_fraction", "2"],
         "data.bonafide_fraction must be in (0, 1]",
     ),
-    "holdout-eats-bonafide": (lambda t: ["--data.holdout_size", "60"], "leaves no bonafide image to train on"),
+    "holdout-eats-bonafide": (lambda t: ["--data.holdout_size", "60"], "data.holdout_size 60 leaves"),
     "val-t-above-1": (lambda t: ["--model.init_args.val_t", "1.5"], "val_t must be in [0, 1], got 1.5"),
     "val-t-below-0": (lambda t: ["--model.init_args.val_t", "-0.1"], "val_t must be in [0, 1], got -0.1"),
     "path-t-values": (
@@ -325,7 +318,7 @@ def test_a_failed_start_in_a_reused_version_folder_keeps_what_was_there(tmp_path
         "--data.holdout_size",
         "60",
     ]
-    assert_one_line_error(capsys, args, "leaves no bonafide image")
+    assert_one_line_error(capsys, args, "data.holdout_size 60 leaves")
     kept = sorted(p.relative_to(version).as_posix() for p in files_under(version))
     assert kept == ["checkpoints/last.ckpt", "notes.txt"]  # the failed start's config.yaml, events, ... are gone
     assert (version / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run's checkpoint"
@@ -359,7 +352,7 @@ def test_without_a_logger_a_failed_start_removes_only_its_own_setup_files(tmp_pa
         "--trainer.default_root_dir",
         str(root),
     ]
-    assert_one_line_error(capsys, args + ["--data.holdout_size", "60"], "leaves no bonafide image")
+    assert_one_line_error(capsys, args + ["--data.holdout_size", "60"], "data.holdout_size 60 leaves")
     assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]
 
 

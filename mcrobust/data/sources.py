@@ -6,7 +6,9 @@ layout) and the embedded default, scikit-learn's bundled handwritten digits, whi
 
 from __future__ import annotations
 
+import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from mcrobust.errors import ConfigError, DataError
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 DATASETS = ("digits", "cifar10", "svhn", "image_folder")
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError)
+"""What PIL raises for an empty, foreign, truncated or damaged file (plus its DecompressionBombError)."""
 
 
 @dataclass(frozen=True)
@@ -129,30 +133,105 @@ def load_digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0)
     return ArraySplit(images[chosen], labels[chosen], tuple(str(d) for d in range(10)))
 
 
-def load_image_folder(root: str | Path, split: str = "train", image_size: int | None = None) -> ArraySplit:
-    """Images in torchvision's ImageFolder layout `root/<split>/<class>/<image>`, read into memory as RGB."""
+def load_image_folder(
+    root: str | Path, split: str = "train", image_size: int | None = None, skip_unreadable: bool = False
+) -> ArraySplit:
+    """Images in torchvision's ImageFolder layout `root/<split>/<class>/<image>`, read into memory as RGB.
+
+    Labels follow the sorted class folder names, so the other split's class folders, when it exists, must be the
+    same: a typo (`three` next to `3`) or a class missing in one split would otherwise shift labels silently.
+
+    Args:
+        root: the folder holding `train/` and `test/`.
+        split: 'train' or 'test'.
+        image_size: resize every image to this square size (None: keep it; then all must have one size).
+        skip_unreadable: leave out (with a warning) files that cannot be decoded instead of stopping at the first.
+    """
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
+    unreadable = (*_UNREADABLE, Image.DecompressionBombError)
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(f"image folder not found: expected {folder}/<class>/<image files>")
+    check_split_classes(Path(root), split)
     try:
         dataset = ImageFolder(str(folder))
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"{folder}: {error}") from None
-    images = []
-    for path, _ in dataset.samples:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if image_size is not None and rgb.size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            images.append(np.asarray(rgb, dtype=np.uint8))
+    images, labels, skipped = [], [], []
+    for path, label in dataset.samples:
+        try:
+            images.append(_read_rgb(Path(path), image_size))
+        except unreadable as error:
+            if not skip_unreadable:
+                raise DataError(
+                    f"cannot read {path} as an image ({_image_error(Path(path), error)}); replace or delete it, "
+                    "or set data.skip_unreadable: true to leave unreadable files out"
+                ) from None
+            skipped.append(path)
+            continue
+        labels.append(label)
+    _report_skipped(folder, skipped, labels, dataset.classes)
     shapes = {image.shape for image in images}
     if len(shapes) != 1:
         raise DataError(f"{folder} holds images of several sizes {sorted(shapes)[:3]}; set data.image_size")
-    labels = np.asarray(dataset.targets, dtype=np.int64)
-    return ArraySplit(np.stack(images), labels, tuple(dataset.classes))
+    return ArraySplit(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(dataset.classes))
+
+
+def _read_rgb(path: Path, image_size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+    if image_size is not None and rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _image_error(path: Path, error: BaseException) -> str:
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:120]
+
+
+def _report_skipped(folder: Path, skipped: list[str], labels: list[int], classes: list[str]) -> None:
+    """Warn about skipped files; refuse a split that skipping left without any image of a class."""
+    if not skipped:
+        return
+    empty = sorted(set(range(len(classes))) - set(labels))
+    if empty:
+        names = ", ".join(classes[index] for index in empty)
+        raise DataError(f"{folder}: no readable image left in class folder(s) {names} after skipping unreadable files")
+    warnings.warn(
+        f"data.skip_unreadable: left out {len(skipped)} unreadable file(s) in {folder}, the first {skipped[0]}",
+        stacklevel=3,
+    )
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The class names ImageFolder finds in `folder`: its sub-folders, sorted."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def check_split_classes(root: Path, split: str) -> None:
+    """Raise DataError naming the class folders that only one of `root/train` and `root/test` has."""
+    other = "test" if split == "train" else "train"
+    if not (root / other).is_dir():
+        return
+    mine, theirs = set(class_folders(root / split)), set(class_folders(root / other))
+    if mine == theirs:
+        return
+    only = [
+        f"only in {name}/: {', '.join(sorted(names))}"
+        for name, names in ((split, mine - theirs), (other, theirs - mine))
+        if names
+    ]
+    raise DataError(
+        f"the class folders of {root}/train and {root}/test differ ({'; '.join(only)}); labels follow the sorted "
+        "folder names, so rename or add folders until both splits have the same classes (data.root)"
+    )
 
 
 def load_split(
@@ -162,8 +241,9 @@ def load_split(
     download: bool = False,
     seed: int = 0,
     image_size: int | None = None,
+    skip_unreadable: bool = False,
 ) -> ArraySplit:
-    """Load one split ('train' or 'test') of a named data set."""
+    """Load one split ('train' or 'test') of a named data set (`skip_unreadable`: image_folder only)."""
     if split not in ("train", "test"):
         raise ConfigError(f"unknown split {split!r}; use 'train' or 'test'")
     if dataset == "digits":
@@ -173,7 +253,7 @@ def load_split(
     if dataset == "svhn":
         return load_svhn(root, split, download)
     if dataset == "image_folder":
-        return load_image_folder(root, split, image_size)
+        return load_image_folder(root, split, image_size, skip_unreadable)
     raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 

@@ -100,3 +100,41 @@ def test_channel_statistics_match_numpy():
     mean, std = channel_statistics(images)
     np.testing.assert_allclose(mean, images.reshape(-1, 3).mean(0) / 255, rtol=1e-6)
     np.testing.assert_allclose(std, images.reshape(-1, 3).std(0) / 255, rtol=1e-6)
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=3):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.full((8, 8, 3), 40 * label + i, np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_image_folder_skips_unreadable_files_only_when_asked(tmp_path):
+    root = _image_folder(tmp_path)
+    (root / "train" / "cat" / "1.png").write_bytes(b"")
+    (root / "train" / "dog" / "0.png").write_bytes(b"GIF89a, then nothing")
+    with pytest.raises(DataError, match=r"cannot read .*cat/1\.png as an image \(the file is empty\)"):
+        load_image_folder(root, "train")
+    with pytest.warns(UserWarning, match=r"left out 2 unreadable file\(s\)"):
+        split = load_split("image_folder", "train", root, skip_unreadable=True)
+    assert split.labels.tolist() == [0, 0, 1, 1]
+    assert split.images[:, 0, 0, 0].tolist() == [0, 2, 41, 42]  # the pixel value encodes class and index
+
+
+def test_image_folder_refuses_a_class_that_skipping_emptied(tmp_path):
+    root = _image_folder(tmp_path, per_class=1)
+    (root / "test" / "dog" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="no readable image left in class folder\\(s\\) dog"):
+        load_image_folder(root, "test", skip_unreadable=True)
+
+
+def test_image_folder_splits_must_have_the_same_class_folders(tmp_path):
+    root = _image_folder(tmp_path, classes=("1", "2", "3"), per_class=1)
+    (root / "test" / "3").rename(root / "test" / "three")
+    with pytest.raises(DataError, match=r"only in test/: three; only in train/: 3\)"):
+        load_image_folder(root, "test")
