@@ -46,7 +46,7 @@ format: setup
 	$(VENV)/bin/ruff format mcrobust tests benchmarks scripts
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py --include-demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

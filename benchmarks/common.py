@@ -54,11 +54,17 @@ class Timing:
         return q[0], q[2]
 
 
-def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+def time_interleaved(
+    candidates: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    cpu_clock: Callable[[], float] = time.process_time,
+) -> dict[str, Timing]:
     """Time each candidate `repeats` times, interleaved: one call of each per round, the order reversed every round.
 
     Interleaving exposes every candidate to the same load; reversing (ABBA) cancels a slow drift. `gc.collect()`
-    runs before each round, never inside a timed call.
+    runs before each round, never inside a timed call. `cpu_clock` measures CPU time (`children_cpu_time` for
+    candidates that run child processes).
     """
     names = list(candidates)
     for _ in range(warmup):
@@ -68,12 +74,18 @@ def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, 
     for round_ in range(repeats):
         gc.collect()
         for name in names if round_ % 2 == 0 else reversed(names):
-            faults, start, cpu_start = _minor_faults(), time.perf_counter(), time.process_time()
+            faults, start, cpu_start = _minor_faults(), time.perf_counter(), cpu_clock()
             candidates[name]()
             timings[name].seconds.append(time.perf_counter() - start)
-            timings[name].cpu_seconds.append(time.process_time() - cpu_start)
+            timings[name].cpu_seconds.append(cpu_clock() - cpu_start)
             timings[name].minor_faults.append(_minor_faults() - faults)
     return timings
+
+
+def children_cpu_time() -> float:
+    """User + system CPU seconds of this process's finished child processes."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def _minor_faults() -> int:
@@ -96,7 +108,8 @@ class Row:
     """One line of the results table: a ratio (or another number) of ours against a reference and its goal.
 
     ``value`` is ours/reference for timings (median of paired per-round ratios), else the measured number
-    itself; ``goal`` is an upper bound on it (None: reported only).
+    itself; ``goal`` is an upper bound on it (a lower bound with ``lower_bound``, e.g. a speed-up; None: reported
+    only).
     """
 
     bench: str
@@ -113,10 +126,21 @@ class Row:
     unit: str = "x"
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    lower_bound: bool = False
 
     @property
     def met(self) -> bool | None:
-        return None if self.goal is None else bool(self.value <= self.goal)
+        if self.goal is None:
+            return None
+        return bool(self.value >= self.goal) if self.lower_bound else bool(self.value <= self.goal)
+
+    @property
+    def key(self) -> str:
+        """`bench / name`: how results.md and `make bench` match a row with its previous value."""
+        return f"{self.bench} / {self.name}"
+
+    def goal_text(self) -> str:
+        return "-" if self.goal is None else f"{'>=' if self.lower_bound else '<='} {self.goal:g}"
 
 
 def timing_row(
@@ -194,10 +218,22 @@ def _number(value: float | None, unit: str = "") -> str:
     return f"{value:.3g}"
 
 
-def table(rows: Sequence[Row], markdown: bool = False) -> str:
-    """Rows as a fixed-width text table (or Markdown): name, sizes, repeats, medians, ratio, CPU ratio, goal, met."""
+def value_text(row: Row) -> str:
+    """The ratio/value cell: '1.046x' for a timing ratio, '35.2 s' for seconds, else the number."""
+    if row.unit == "x" and row.ours is not None:
+        return f"{row.value:.3f}x"
+    if row.unit == "s":
+        return f"{row.value:.1f} s"
+    return _number(row.value)
+
+
+def table(rows: Sequence[Row], markdown: bool = False, previous: Mapping[str, str] | None = None) -> str:
+    """Rows as a fixed-width text table (or Markdown): name, sizes, repeats, medians, ratio, CPU ratio, goal, met.
+
+    With `previous` (row key -> the value last recorded in docs/results.md) a `previous` column follows the goal.
+    """
     header = ["bench", "name", "sizes", "repeats", "median ours", "median reference", "ratio/value", "cpu ratio"]
-    header += ["goal", "met?"]
+    header += ["goal", "met?"] + ([] if previous is None else ["previous"])
     lines = [
         [
             row.bench,
@@ -206,11 +242,12 @@ def table(rows: Sequence[Row], markdown: bool = False) -> str:
             "-" if row.repeats is None else str(row.repeats),
             _number(row.ours, "s"),
             _number(row.reference, "s"),
-            f"{row.value:.3f}x" if row.unit == "x" and row.ours is not None else _number(row.value),
+            value_text(row),
             "-" if row.cpu_ratio is None else f"{row.cpu_ratio:.3f}x",
-            "-" if row.goal is None else f"<= {row.goal:g}",
+            row.goal_text(),
             {None: "-", True: "yes", False: "NO"}[row.met],
         ]
+        + ([] if previous is None else [previous.get(row.key, "-")])
         for row in rows
     ]
     if markdown:
@@ -246,12 +283,21 @@ def parse_options(description: str) -> bool:
     for a descheduled thread. Measured here (TinyNet eval pass, 15 repeats, load ~2.8): 2 threads 140-173 ms with an
     IQR of 22-240 % of the median, 1 thread 70 ms with 3-6 %. `--threads 2` measures the default configuration.
     """
+    return bool(parse_args(description).quick)
+
+
+def parse_args(
+    description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """`parse_options` with a benchmark's own options added by `add_arguments`; returns every option."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller batches and fewer repeats (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see common.py)")
+    if add_arguments is not None:
+        add_arguments(parser)
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
-    return bool(options.quick)
+    return options
 
 
 # ------------------------------------------------------------------------------------------------ data and nets

@@ -8,7 +8,7 @@ trigger is configured, its triggered copy (non-target images labelled with the t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mcrobust.data.batched import batched_loader, can_batch
 from mcrobust.data.bonafide import (
     bonafide_indices,
     fraction_to_size,
@@ -24,7 +25,7 @@ from mcrobust.data.bonafide import (
     save_indices,
     split_stratified,
 )
-from mcrobust.data.poisoning import BlendTrigger, PatchTrigger, poison, triggered_eval_set
+from mcrobust.data.poisoning import PatchTrigger, Trigger, poison, triggered_eval_set
 from mcrobust.data.samplers import EpochSampler, UnpaddedShardSampler
 from mcrobust.data.sources import ArraySplit, channel_statistics, load_split
 from mcrobust.data.transforms import ArrayDataset, cifar_augmentation
@@ -36,25 +37,34 @@ BONAFIDE_FILE = "bonafide_indices.json"
 
 @dataclass
 class PoisonSettings:
-    """Backdoor poisoning of the training data (BadNets, all-to-one; PAPER.md §3).
+    """Backdoor poisoning of the training data (BadNets, all-to-one; Zhao et al. 2020).
 
     Args:
-        trigger: the trigger stamped on poisoned and triggered evaluation images.
+        trigger: the trigger stamped on poisoned and triggered evaluation images: any class with
+            apply(uint8 images) and apply_tensor([0,1] tensor), e.g. PatchTrigger, BlendTrigger, MaskedTrigger;
+            None: the paper's 3x3 white PatchTrigger.
         target: the label every triggered image should be classified as.
         rate: fraction of non-target training images poisoned (target-class images never are).
         seed: seed of the choice of poisoned images.
         after_augmentation: stamp the trigger after augmentation instead of before (the paper's code: before).
     """
 
-    trigger: PatchTrigger | BlendTrigger = field(default_factory=PatchTrigger)
+    trigger: Trigger | None = None
     target: int = 1
     rate: float = 0.1
     seed: int = 0
     after_augmentation: bool = False
 
     def __post_init__(self) -> None:
+        if self.trigger is None:
+            self.trigger = PatchTrigger()
         if not 0.0 <= self.rate <= 1.0:
             raise ConfigError(f"data.poison.rate must be in [0, 1] (a fraction of non-target images), got {self.rate}")
+
+    @property
+    def stamp(self) -> Trigger:
+        """The trigger in use (the default PatchTrigger when none was given)."""
+        return self.trigger if self.trigger is not None else PatchTrigger()
 
 
 class RobustDataModule(pl.LightningDataModule):
@@ -84,6 +94,11 @@ class RobustDataModule(pl.LightningDataModule):
         poison: backdoor settings; poisons the training split when train_on is 'full' and adds the triggered set.
         epoch_samples: training samples per epoch, tiled from the training set (the paper's fixed epoch length:
             10000 on CIFAR-10, 26032 on SVHN), so every bonafide size gets the same number of steps; None: one pass.
+        pipeline: 'batched' cuts each batch from the in-memory arrays in one op (training batches on the training
+            device, crop+flip and a late trigger per batch, augmentation seeded by (seed, epoch)); 'loader' is the
+            per-sample DataLoader (torchvision transforms, `num_workers` processes). Same order and, without
+            augmentation, the same batches; `num_workers` and `pin_memory` apply to 'loader' (and pinning to
+            batched evaluation batches) only.
     """
 
     def __init__(
@@ -108,6 +123,8 @@ class RobustDataModule(pl.LightningDataModule):
         eval_size: int | None = None,
         poison: PoisonSettings | None = None,
         epoch_samples: int | None = None,
+        pipeline: Literal["batched", "loader"] = "batched",
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__()
         sizes = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "bonafide_size": bonafide_size}
@@ -131,7 +148,10 @@ class RobustDataModule(pl.LightningDataModule):
         self.bonafide_size, self.bonafide_fraction, self.bonafide_seed = bonafide_size, bonafide_fraction, bonafide_seed
         self.bonafide_pool, self.bonafide_indices_path = bonafide_pool, bonafide_indices_path
         self.holdout_size, self.eval_size, self.poison = holdout_size, eval_size, poison
-        self.epoch_samples = epoch_samples
+        self.epoch_samples, self.skip_unreadable = epoch_samples, skip_unreadable
+        if pipeline not in ("batched", "loader"):
+            raise ConfigError(f"data.pipeline must be 'batched' or 'loader', got {pipeline!r}")
+        self.pipeline = pipeline
         self._train: ArraySplit | None = None
         self.pool: ArraySplit | None = None
         self.eval_split: ArraySplit | None = None
@@ -177,9 +197,11 @@ class RobustDataModule(pl.LightningDataModule):
         self._write_bonafide_indices()
 
     def _load_splits(self) -> tuple[ArraySplit, ArraySplit]:
-        train = load_split(self.dataset, "train", self.root, seed=self.split_seed, image_size=self.image_size)
-        test = load_split(self.dataset, "test", self.root, seed=self.split_seed, image_size=self.image_size)
-        return train, test
+        splits = [
+            load_split(self.dataset, split, self.root, False, self.split_seed, self.image_size, self.skip_unreadable)
+            for split in ("train", "test")
+        ]
+        return splits[0], splits[1]
 
     def _statistics_images(self) -> np.ndarray:
         """Images whose mean/std a freshly trained net normalises with: only the data it trains on."""
@@ -356,11 +378,11 @@ class RobustDataModule(pl.LightningDataModule):
         if self.poison is None:
             return ArrayDataset(images, labels, transform)
         settings = self.poison
-        poisoned = poison(images, labels, settings.trigger, settings.target, settings.rate, settings.seed)
+        poisoned = poison(images, labels, settings.stamp, settings.target, settings.rate, settings.seed)
         if settings.after_augmentation:
             late_labels = labels.copy()
             late_labels[poisoned.indices] = settings.target
-            return ArrayDataset(images, late_labels, transform, settings.trigger.apply_tensor, poisoned.indices)
+            return ArrayDataset(images, late_labels, transform, settings.stamp.apply_tensor, poisoned.indices)
         return ArrayDataset(poisoned.images, poisoned.labels, transform)
 
     def eval_datasets(self) -> dict[str, ArrayDataset]:
@@ -369,7 +391,7 @@ class RobustDataModule(pl.LightningDataModule):
         sets = {"clean": ArrayDataset(self.eval_split.images, self.eval_split.labels)}
         if self.poison is not None:
             images, labels, source = triggered_eval_set(
-                self.eval_split.images, self.eval_split.labels, self.poison.trigger, self.poison.target
+                self.eval_split.images, self.eval_split.labels, self.poison.stamp, self.poison.target
             )
             true = self.eval_split.labels[source]
             sets["triggered"] = ArrayDataset(images, labels, indices=source, true_labels=true)
@@ -377,6 +399,8 @@ class RobustDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, shard: bool = False) -> DataLoader:
+        if self.pipeline == "batched" and can_batch(dataset):
+            return self._batched_loader(dataset, batch_size, shuffle, shard)  # type: ignore[arg-type]
         sampler: DistributedSampler | None = None
         trainer = self.trainer
         if shard and trainer is not None and trainer.world_size > 1:
@@ -394,6 +418,28 @@ class RobustDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+        )
+
+    def _batched_loader(self, dataset: ArrayDataset, batch_size: int, shuffle: bool, shard: bool) -> DataLoader:
+        """The same order as the per-sample loader, each batch cut in one op (`mcrobust.data.batched`).
+
+        Training batches are made on the training device; evaluation batches on the CPU, because callbacks and the
+        repair chain also feed these loaders to models outside the trainer (Lightning moves them in its loops).
+        """
+        trainer = self.trainer if shuffle or shard else None  # unsharded evaluation: the whole set on every rank
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        device = trainer.strategy.root_device if trainer is not None and shuffle else torch.device("cpu")
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return batched_loader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            epoch_samples=self.epoch_samples,
+            num_replicas=world,
+            rank=rank,
+            seed=seed,
+            device=device,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

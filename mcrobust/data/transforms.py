@@ -12,9 +12,32 @@ from torchvision.transforms import v2
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def cifar_augmentation(image_size: int = 32) -> Transform:
+class CropFlip:
+    """Random crop of `size` from the image padded with `padding` zero pixels, then a horizontal flip (p = 1/2).
+
+    The per-sample form (torchvision v2, one image at a time, global RNG) of an augmentation whose parameters the
+    batched pipeline (`mcrobust.data.batched`) reads to apply it to a whole batch in one op.
+
+    Args:
+        size: output (height, width); an int means a square.
+        padding: zero pixels added on every side before cropping.
+    """
+
+    def __init__(self, size: int | tuple[int, int] = 32, padding: int = 4) -> None:
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.padding = padding
+        self._ops = v2.Compose([v2.RandomCrop(self.size, padding=padding), v2.RandomHorizontalFlip()])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._ops(x)
+
+    def __repr__(self) -> str:
+        return f"CropFlip(size={self.size}, padding={self.padding})"
+
+
+def cifar_augmentation(image_size: int | tuple[int, int] = 32) -> CropFlip:
     """Random crop with 4 pixels of zero padding and a horizontal flip, the standard CIFAR recipe."""
-    return v2.Compose([v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()])
+    return CropFlip(image_size, padding=4)
 
 
 class ArrayDataset(Dataset):
@@ -28,7 +51,8 @@ class ArrayDataset(Dataset):
         labels: int64 array (N,).
         transform: augmentation applied to each float image.
         late_trigger: a callable applied after `transform` to the images listed in `late_trigger_index`
-            (a backdoor trigger applied after augmentation).
+            (a backdoor trigger applied after augmentation); it must also take a batch (N, C, H, W), as every
+            trigger's `apply_tensor` does, since the batched pipeline stamps whole batches.
         late_trigger_index: positions that receive `late_trigger`.
         indices: the dataset index reported for each item (defaults to 0..N-1).
         true_labels: for a triggered set, each image's true class: items become `(x, y, index, true_label)`, so
