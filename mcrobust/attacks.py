@@ -86,7 +86,7 @@ def per_sample_uniform(seed: int, index: Tensor, shape: Sequence[int], stream: i
     """Uniform numbers in [0, 1) of shape ``[len(index), *shape]``, a pure function of (seed, stream, index, position).
 
     Why: evaluation randomness (PGD starts, power-iteration vectors) must not depend on batching or DDP sharding
-    (DESIGN.md), so each sample's numbers come from its dataset index, never from a shared generator state.
+    (docs/architecture.md), so each sample's numbers come from its dataset index, never from a shared generator state.
     Distinct indices in [0, 2^32) get distinct keys; 24 random bits per number.
 
     Args:

@@ -1,4 +1,4 @@
-"""Pure-torch pieces of the repair baselines (PAPER.md §4): the noisy model and Fine-Pruning.
+"""Pure-torch pieces of the repair baselines (Zhao et al. 2020): the noisy model and Fine-Pruning.
 
 Fine-tuning and training from scratch need nothing here: they are `EndpointSystem` on the bonafide data. The noisy
 model is the endpoints' midpoint plus Gaussian noise scaled by their distance; Fine-Pruning (Liu et al. 2018) removes

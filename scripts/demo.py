@@ -1,4 +1,4 @@
-"""`make demo`: repair a backdoored model on the embedded digits data through the real `mcrobust` commands.
+"""`make demo`: repair a backdoored model on the embedded digits data through `mcrobust` commands, in one process.
 
 Two backdoored endpoints -> a Bezier path trained on a small bonafide subset -> path evaluation at 11 t (clean
 accuracy, ASR, PGD robust accuracy, input-Hessian top eigenvalue) with the repaired point chosen on held-out
@@ -9,11 +9,14 @@ Everything lands in lightning_logs/demo/ (TensorBoard: `tensorboard --logdir lig
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,39 +24,33 @@ EXPERIMENTS = ROOT / "configs" / "experiments"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-def mcrobust(args: list[str], out: Path, version: str, show: tuple[str, ...] = (), threads: int = 2) -> None:
-    """Run one `mcrobust` command (as `python -m mcrobust`), logging to out/<version>; print selected lines."""
-    command = [sys.executable, "-m", "mcrobust", *args, "--trainer.logger.init_args.save_dir", str(out)]
-    command += ["--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", version, *QUIET]
-    shown = " ".join(a.replace(f"{ROOT}/", "") for a in args)
-    print(f"$ mcrobust {shown}", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+def quiet() -> None:
+    """Keep Lightning's notes (GPU available, tips, seeds) and known-harmless warnings out of the demo's output."""
+    warnings.filterwarnings("ignore")
+    import pytorch_lightning  # noqa: F401 - its import sets its loggers to INFO: import first, then lower them
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def mcrobust(args: list[str], out: Path, version: str, show: tuple[str, ...] = ()) -> None:
+    """Run one `mcrobust` command in this process (the stack is imported once), logging to out/<version>."""
+    from mcrobust.cli import run_cli
+
+    command = [*args, "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", ""]
+    command += ["--trainer.logger.init_args.version", version, *QUIET]
+    print(f"$ mcrobust {' '.join(a.replace(f'{ROOT}/', '') for a in args)}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        raise SystemExit(f"demo step failed: mcrobust {shown}")
-    for line in result.stdout.splitlines():
-        if line.startswith(show) and show:
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            run_cli(command)
+    except SystemExit as error:
+        sys.stdout.write(captured.getvalue()[-4000:])
+        raise SystemExit(f"demo step failed: mcrobust {' '.join(args)}") from error
+    for line in captured.getvalue().splitlines():
+        if show and line.startswith(show):
             print("  " + line)
-    print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
-
-
-def run_parallel(commands: list[tuple[list[str], str]], out: Path) -> None:
-    """The two endpoints train side by side, one core each."""
-    start = time.perf_counter()
-    procs = []
-    for args, version in commands:
-        command = [sys.executable, "-m", "mcrobust", *args, "--trainer.logger.init_args.save_dir", str(out)]
-        command += ["--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", version, *QUIET]
-        print(f"$ mcrobust {' '.join(a.replace(f'{ROOT}/', '') for a in args)}   &", flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    for proc in procs:
-        output = proc.communicate()[0].decode(errors="replace")
-        if proc.returncode != 0:
-            sys.stderr.write(output[-4000:])
-            raise SystemExit("demo step failed: endpoint training")
     print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -63,6 +60,8 @@ def main() -> None:
     parser.add_argument("--endpoint-epochs", type=int, default=None, help="override the endpoints' epochs")
     parser.add_argument("--path-epochs", type=int, default=None, help="override the path's epochs")
     args = parser.parse_args()
+    quiet()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
     out = (ROOT / args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -72,13 +71,8 @@ def main() -> None:
     path_epochs = ["--trainer.max_epochs", str(args.path_epochs)] if args.path_epochs else []
 
     print("1/5 two backdoored endpoints (10% of non-target digits carry a 3x3 patch, target label 1)")
-    run_parallel(
-        [
-            (["fit", "--config", backdoor, "--seed_everything", str(seed), *endpoint_epochs], name)
-            for seed, name in ((1, "backdoor_a"), (2, "backdoor_b"))
-        ],
-        out,
-    )
+    for seed, name in ((1, "backdoor_a"), (2, "backdoor_b")):
+        mcrobust(["fit", "--config", backdoor, "--seed_everything", str(seed), *endpoint_epochs], out, name)
     a, b = (out / name / "checkpoints" / "last.ckpt" for name in ("backdoor_a", "backdoor_b"))
     print("2/5 a Bezier path between them, trained on the bonafide subset only")
     mcrobust(
@@ -122,16 +116,9 @@ def main() -> None:
         "finetune_test",
     )
     print("5/5 comparison")
-    report = [
-        sys.executable,
-        "-m",
-        "mcrobust.report",
-        str(out / "path_test"),
-        str(out / "finetune_test"),
-        "--out",
-        str(out),
-    ]
-    subprocess.run(report, cwd=ROOT, check=True)
+    from mcrobust.report import main as report
+
+    report([str(out / "path_test"), str(out / "finetune_test"), "--out", str(out)])
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; figure: {out / 'path_test' / 'path_figure.png'}")
     print(f"TensorBoard: tensorboard --logdir {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 

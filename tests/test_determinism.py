@@ -9,23 +9,16 @@ from mcrobust.cli import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/experiments/repair_digits_tiny.yaml")
 SMALL_SWEEP = """
-trainer:
-  callbacks:
-    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
-      init_args:
-        save_last: true
-    - class_path: mcrobust.callbacks.PathEvaluation
-      init_args:
-        num_points: 3
-        attack:
-          class_path: mcrobust.attacks.PGD
-          init_args:
-            eps: 0.0627
-            alpha: 0.0157
-            steps: 2
-        hessian_samples: 6
-        hessian_iters: 4
-    - class_path: mcrobust.callbacks.ExportPoint
+path_evaluation:
+  num_points: 3
+  attack:
+    class_path: mcrobust.attacks.PGD
+    init_args:
+      eps: 0.0627
+      alpha: 0.0157
+      steps: 2
+  hessian_samples: 6
+  hessian_iters: 4
 """
 
 

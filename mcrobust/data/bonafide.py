@@ -1,4 +1,4 @@
-"""Bonafide subsets: the small clean, labelled set that repairs a tampered model (PAPER.md §4).
+"""Bonafide subsets: the small clean, labelled set that repairs a tampered model (Zhao et al. 2020).
 
 Indices are seeded, class-stratified and exact in size, and they are written next to the run's logs and read
 back, so a repair run, its baselines and its evaluation always see the same images.
@@ -90,7 +90,7 @@ def bonafide_indices(labels: np.ndarray, size: int, seed: int = 0, num_classes: 
     """Draw a seeded, class-stratified subset of exactly ``size`` images; return sorted int64 indices.
 
     Per-class counts follow the class frequencies of the pool (largest-remainder rounding, ties to the lower class
-    id), then a seeded draw without replacement picks the images inside each class (PAPER.md §4).
+    id), then a seeded draw without replacement picks the images inside each class (Zhao et al. 2020).
 
     Args:
         labels: int labels of the pool, shape (N,).

@@ -1,4 +1,4 @@
-"""`AdversarialSystem`: Madry PGD adversarial training (PAPER.md §3), the robust endpoint of §5."""
+"""`AdversarialSystem`: Madry PGD adversarial training (Zhao et al. 2020), the robust endpoint of §5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`InjectionSystem`: fault-sneaking error injection into one parameter tensor of a trained net (PAPER.md §3)."""
+"""`InjectionSystem`: fault-sneaking error injection into one parameter tensor of a trained net (Zhao et al. 2020)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`NoisySystem`: the noisy-model baseline (PAPER.md §4), the endpoints' midpoint plus Gaussian noise.
+"""`NoisySystem`: the noisy-model baseline (Zhao et al. 2020), the endpoints' midpoint plus Gaussian noise.
 
 Nothing trains: `mcrobust test --config configs/experiments/baseline_noisy_<setting>.yaml` draws `num_draws`
 seeded models, recomputes each one's BatchNorm statistics on the bonafide data, evaluates it and logs the mean and

@@ -1,4 +1,4 @@
-"""`FinePruningSystem`: Fine-Pruning (Liu et al. 2018), a repair baseline of PAPER.md §4.
+"""`FinePruningSystem`: Fine-Pruning (Liu et al. 2018), a repair baseline of Zhao et al. 2020.
 
 Prune the channels of one conv layer that the bonafide data activates least (backdoor neurons stay dormant on
 clean inputs), then fine-tune the pruned network on the same bonafide data.

@@ -6,14 +6,14 @@ pickles, SVHN .mat, an ImageFolder of PNGs, the embedded digits), with the bonaf
 
 from __future__ import annotations
 
-import inspect
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
+from mcrobust.cli import resolved_config
 from mcrobust.data.bonafide import save_indices
 from mcrobust.data.datamodules import RobustDataModule, check_disjoint_roles
 from mcrobust.errors import ConfigError, DataError
@@ -48,14 +48,15 @@ def roots(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@functools.cache
+def resolved_data(config: Path) -> dict:
+    """The config's data section as the CLI resolves it: its parts merged, every default filled in."""
+    return resolved_config(config)["data"]
+
+
 def data_settings(config: Path) -> dict:
-    """The config's data section over the data module's defaults."""
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(RobustDataModule).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    data = {**defaults, **yaml.safe_load(config.read_text())["data"]}
+    """The config's resolved data settings (a copy), without the trigger."""
+    data = dict(resolved_data(config))
     data.pop("poison", None)  # the trigger does not change which image plays which role
     return data
 
