@@ -171,9 +171,9 @@ def repair(
         **settings: any field of `mcrobust.chain.ChainSettings` (second_end, selection, epoch_samples, batch_size,
             num_points, ...).
     """
-    from mcrobust.chain import ChainSettings, RepairChain, distance_signals, quiet_lightning, repair_data
+    from mcrobust.chain import ChainSettings, RepairChain, distance_signals, muted_start_up_notes, repair_data
 
-    with quiet_lightning():  # Lightning's start-up notes, restored afterwards
+    with muted_start_up_notes():  # Lightning's start-up notes, restored afterwards
         if epochs is not None:
             settings["epochs"] = epochs
         chain_settings = ChainSettings(seed=seed, **settings)
@@ -255,17 +255,10 @@ def _record(
 
 def _export(point: nn.Module, folder: Path, record: dict[str, Any]) -> None:
     """repaired.pt / .safetensors (a plain state_dict of the user's class) and repaired.json."""
-    from safetensors.torch import save as safetensors_bytes
-
-    from mcrobust.atomic import atomic_torch_save, atomic_write_bytes
+    from mcrobust.export import write_point_weights
     from mcrobust.tables import write_json
 
-    state = {
-        key: value.detach().cpu().clone(memory_format=torch.contiguous_format)
-        for key, value in unwrap_net(point).state_dict().items()
-    }
-    atomic_torch_save(state, folder / "repaired.pt")
-    atomic_write_bytes(folder / "repaired.safetensors", safetensors_bytes(state, {"format": "pt"}))
+    write_point_weights(point, folder, "repaired")
     write_json(folder / "repaired.json", json.loads(json.dumps(record, default=_plain)))
 
 

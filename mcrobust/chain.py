@@ -341,7 +341,7 @@ def distance_signals(tampered: nn.Module, repaired: nn.Module, loader: Any) -> d
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
+def muted_start_up_notes() -> Iterator[None]:
     """Keep Lightning's start-up notes (GPU available, tips) out of a repair's output; restore the levels after."""
     import logging
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
+from torch import nn
 
 from mcrobust.atomic import atomic_torch_save, atomic_write_bytes
 from mcrobust.batchnorm import recompute_bn
@@ -30,6 +31,24 @@ def net_config(net: Any, hparams_net: Any = None) -> dict[str, Any]:
         return {"class_path": hparams_net["class_path"], "init_args": dict(hparams_net.get("init_args", {}))}
     cls = type(net)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {}}
+
+
+def write_point_weights(model: nn.Module, directory: str | Path, stem: str) -> dict[str, Path]:
+    """`<stem>.pt` and `<stem>.safetensors`: the plain state_dict of the user's class (any adapter removed).
+
+    Both are serialised in memory and written atomically, so a same-seed rerun gives the same bytes.
+    """
+    directory = Path(directory)
+    # contiguous copies of their own: safetensors stores no views or shared storage, and a view into a larger
+    # storage would write all of it
+    state = {
+        key: value.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for key, value in unwrap_net(model).state_dict().items()  # a foreign net's own keys, without the adapter
+    }
+    return {
+        "pt": atomic_torch_save(state, directory / f"{stem}.pt"),
+        "safetensors": atomic_write_bytes(directory / f"{stem}.safetensors", safetensors_bytes(state, METADATA)),
+    }
 
 
 def export_point(
@@ -51,16 +70,7 @@ def export_point(
     model.eval()
     stem = name or f"repaired_t{t:.3f}"
     directory = Path(directory)
-    # contiguous copies of their own: safetensors stores no views or shared storage, and a view into a larger
-    # storage would write all of it
-    state = {
-        key: value.detach().cpu().clone(memory_format=torch.contiguous_format)
-        for key, value in unwrap_net(model).state_dict().items()  # a foreign net's own keys, without the adapter
-    }
-    paths = {
-        "pt": atomic_torch_save(state, directory / f"{stem}.pt"),
-        "safetensors": atomic_write_bytes(directory / f"{stem}.safetensors", safetensors_bytes(state, METADATA)),
-    }
+    paths = write_point_weights(model, directory, stem)
     meta = {"t": t, "net": dict(config or net_config(curve.template)), "bn_recomputed": bn_loader is not None}
     paths["config"] = write_json(directory / f"{stem}.json", {**meta, **dict(extra or {})})
     return paths
