@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from common import Row, run_main, time_interleaved, timing_row
 from torch import Tensor, nn
 
-from mcrobust.curves import CurveModel
 from mcrobust.nets import create_net
+from mcrobust.paths.curves import CurveModel
 from mcrobust.systems.curve import with_weight_decay
 
 NAME = "curve_step"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from common import Row, digits, run_main, time_interleaved, timing_row, trained_tiny
 from torch import Tensor, nn
 
-from mcrobust.hessian import (
+from mcrobust.analysis.hessian import (
     _hessian_vector_product,
     _rayleigh_ritz,
     _start_blocks,

@@ -19,10 +19,10 @@ from common import Row, digits, run_main, time_interleaved, timing_row, trained_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mcrobust.batchnorm import recompute_bn
-from mcrobust.curves import CurveModel
-from mcrobust.data.poisoning import PatchTrigger
 from mcrobust.nets import create_net
+from mcrobust.paths.batchnorm import recompute_bn
+from mcrobust.paths.curves import CurveModel
+from mcrobust.threats.triggers import PatchTrigger
 
 NAME = "path_eval"
 GOAL = 1.2
@@ -88,7 +88,9 @@ def make_curve(seed: int = 1) -> CurveModel:
 
 def run(quick: bool) -> tuple[list[Row], dict[str, Any]]:
     """The 11-t sweep against 11 floor passes, then the per-t breakdown."""
-    from mcrobust.evaluation import PointEvaluator  # another engineer's module: imported late, checked in main()
+    from mcrobust.analysis.evaluation import (
+        PointEvaluator,  # another engineer's module: imported late, checked in main()
+    )
 
     batch, bonafide, repeats = (64, 128, 3) if quick else (128, 512, 5)
     bn, clean, triggered = data(bonafide, batch)
@@ -131,9 +133,9 @@ def run(quick: bool) -> tuple[list[Row], dict[str, Any]]:
 
 def main() -> None:
     try:
-        import mcrobust.evaluation  # noqa: F401
+        import mcrobust.analysis.evaluation  # noqa: F401
     except ImportError as error:
-        print(f"skipped: mcrobust.evaluation.PointEvaluator is not importable yet ({error})")
+        print(f"skipped: mcrobust.analysis.evaluation.PointEvaluator is not importable yet ({error})")
         return
     run_main(NAME, run, __doc__ or NAME)
 

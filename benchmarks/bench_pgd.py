@@ -16,8 +16,8 @@ import torchattacks
 from common import Row, accuracy, digits, run_main, time_interleaved, timing_row, trained_tiny
 from torch import Tensor, nn
 
-from mcrobust.attacks import PGD
 from mcrobust.nets import create_net
+from mcrobust.threats.evasion import PGD
 
 NAME = "pgd"
 GOAL = 1.0

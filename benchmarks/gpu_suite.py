@@ -9,7 +9,7 @@ Sections, in order (the longest last, so a run cut short still leaves the others
    channels_last, and the same under torch.compile (its compile time apart); images/s and ratios;
 3. the curve step: a 3-bend Bezier CurveModel step against a plain step (VGG16-BN, batch 128), interleaved;
 4. input-Hessian top eigenvalue of 256 test images, batched against a per-sample loop (same start vectors);
-5. PGD (eps 8/255, 10 steps) of `mcrobust.attacks.PGD` against `torchattacks.PGD`, VGG16-BN, batch 256;
+5. PGD (eps 8/255, 10 steps) of `mcrobust.threats.evasion.PGD` against `torchattacks.PGD`, VGG16-BN, batch 256;
 6. the backdoor repair chain on CIFAR-10 from the real JPEGs: two VGG16-BN endpoints trained here (briefly, bf16,
    BadNets 3x3 patch, 10 % of the non-target images, target 1), then `mcrobust.repair()` joining them with a path
    trained on 2,500 clean images of one test half and evaluated on the other half; wall time of each stage.
@@ -45,11 +45,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mcrobust.data.batched import BatchedArrays, EpochBatchSampler, batched_loader
-from mcrobust.data.poisoning import PatchTrigger, poison
 from mcrobust.data.samplers import EpochSampler
 from mcrobust.data.sources import ArraySplit, channel_statistics
 from mcrobust.data.transforms import ArrayDataset, cifar_augmentation
 from mcrobust.nets import create_net, find_normalize
+from mcrobust.threats.backdoor import poison
+from mcrobust.threats.triggers import PatchTrigger
 
 NAME = "gpu_suite"
 TARGET = 1
@@ -320,7 +321,7 @@ def curve_rows(sizes: Sizes, device: torch.device) -> list[Row]:
     """CurveModel step / plain step, the same batch, interleaved (bench_curve_step's two steps, synchronised)."""
     from bench_curve_step import curve_step, plain_step
 
-    from mcrobust.curves import CurveModel
+    from mcrobust.paths.curves import CurveModel
 
     net, other = make_net(sizes.net).to(device), make_net(sizes.net, seed=1).to(device)
     curve = CurveModel(make_net(sizes.net), kind="bezier", num_bends=3)
@@ -338,7 +339,7 @@ def curve_rows(sizes: Sizes, device: torch.device) -> list[Row]:
 # ------------------------------------------------------------------------------------------------ 4. Hessian
 def hessian_rows(test: ArraySplit, sizes: Sizes, device: torch.device) -> list[Row]:
     """Top input-Hessian eigenvalue of a batch at once vs one sample at a time (same seeds and indices)."""
-    from mcrobust.hessian import input_hessian_power_iteration
+    from mcrobust.analysis.hessian import input_hessian_power_iteration
 
     model = make_net(sizes.hessian_net, test).to(device).eval()
     x, y = tensors(test, sizes.hessian_batch, device)

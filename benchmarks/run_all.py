@@ -37,9 +37,9 @@ def available(module: str) -> str | None:
     """None when the benchmark can run, else why it is skipped."""
     if module == "bench_path_eval":
         try:
-            importlib.import_module("mcrobust.evaluation")
+            importlib.import_module("mcrobust.analysis.evaluation")
         except ImportError as error:
-            return f"mcrobust.evaluation.PointEvaluator is not importable yet ({error})"
+            return f"mcrobust.analysis.evaluation.PointEvaluator is not importable yet ({error})"
     return None
 
 

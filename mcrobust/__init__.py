@@ -11,27 +11,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "repair": "mcrobust.api",
     "evaluate": "mcrobust.api",
     "RepairResult": "mcrobust.api",
-    "PGD": "mcrobust.attacks",
-    "AutoAttack": "mcrobust.attacks",
-    "recompute_bn": "mcrobust.batchnorm",
-    "load_weights": "mcrobust.checkpoints",
-    "save_weights": "mcrobust.checkpoints",
-    "CurveModel": "mcrobust.curves",
-    "bezier": "mcrobust.curves",
-    "polychain": "mcrobust.curves",
+    "PGD": "mcrobust.threats.evasion",
+    "AutoAttack": "mcrobust.threats.evasion",
+    "recompute_bn": "mcrobust.paths.batchnorm",
+    "load_weights": "mcrobust.io.checkpoints",
+    "save_weights": "mcrobust.io.checkpoints",
+    "CurveModel": "mcrobust.paths.curves",
+    "bezier": "mcrobust.paths.curves",
+    "polychain": "mcrobust.paths.curves",
     "MCRobustError": "mcrobust.errors",
     "ConfigError": "mcrobust.errors",
     "DataError": "mcrobust.errors",
     "CheckpointError": "mcrobust.errors",
-    "PointEvaluator": "mcrobust.evaluation",
-    "input_hessian_top_eigenvalue": "mcrobust.hessian",
-    "input_hessian_top_eigenvalues": "mcrobust.hessian",
+    "PointEvaluator": "mcrobust.analysis.evaluation",
+    "input_hessian_top_eigenvalue": "mcrobust.analysis.hessian",
+    "input_hessian_top_eigenvalues": "mcrobust.analysis.hessian",
     "create_net": "mcrobust.nets",
     "list_nets": "mcrobust.nets",
 }

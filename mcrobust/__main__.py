@@ -12,7 +12,7 @@ import sys
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SYSTEMS = ("EndpointSystem", "AdversarialSystem", "InjectionSystem", "CurveSystem", "NoisySystem", "FinePruningSystem")
 """The classes of mcrobust.systems a config names as `model.class_path` (a test keeps this list complete)."""
-CALLBACKS = ("PathEvaluation", "ExportPoint", "Speedups")
+CALLBACKS = ("PathEvaluation", "NoisyEvaluation", "ExportPoint", "Speedups")
 """The classes of mcrobust.callbacks (a test keeps this list complete)."""
 HELP = f"""usage: mcrobust [-h] [--version] {{repair,fit,validate,test,predict}} ...
 
@@ -67,7 +67,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"mcrobust {__version__}")
         return
     if argv[0] == "repair":
-        from mcrobust.repair_command import main as repair_main
+        from mcrobust.commands.repair import main as repair_main
 
         keep_freed_memory()
 

@@ -25,11 +25,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mcrobust.data.poisoning import Trigger, triggered_eval_set
 from mcrobust.data.transforms import ArrayDataset
 from mcrobust.errors import ConfigError
-from mcrobust.inputs import ImagesLike, PathLike, as_module, as_split, load_trigger, sha256_of
 from mcrobust.nets.adapters import adapt_net, unwrap_net
+from mcrobust.pipeline.inputs import ImagesLike, PathLike, as_module, as_split, load_trigger, sha256_of
+from mcrobust.threats.backdoor import triggered_eval_set
+from mcrobust.threats.triggers import Trigger
+from mcrobust.utils.modes import device_of
 
 __all__ = ["RepairResult", "evaluate", "repair"]
 
@@ -78,7 +80,7 @@ def evaluate(
         {"clean_acc", "n"} and, with a trigger, {"asr", "ra", "n_triggered"}: ASR and RA over the non-target
         images with the trigger (RA: classified as their true class).
     """
-    from mcrobust.evaluation import PointEvaluator
+    from mcrobust.analysis.evaluation import PointEvaluator
 
     network = adapt_net(as_module(model, net), normalize, output).eval()
     split = as_split(dataset, "dataset")
@@ -88,7 +90,7 @@ def evaluate(
         images, labels, source = triggered_eval_set(split.images, split.labels, found, int(target))  # type: ignore[arg-type]
         triggered = ArrayDataset(images, labels, indices=source, true_labels=split.labels[source])
         sets["triggered"] = DataLoader(triggered, batch_size=batch_size)
-    device = next(network.parameters(), torch.empty(0)).device
+    device = device_of(network)
     row = PointEvaluator().evaluate(network, sets, device=device, sync=False)
     report = {"clean_acc": row["clean_acc"], "n": len(split.labels)}
     if found is not None:
@@ -168,10 +170,10 @@ def repair(
         seed: seed of the split, training and evaluation.
         out: output folder (default: a new temporary folder); a killed run resumes there.
         image_size: resize folder images to this square size.
-        **settings: any field of `mcrobust.chain.ChainSettings` (second_end, selection, epoch_samples, batch_size,
-            num_points, ...).
+        **settings: any field of `mcrobust.pipeline.chain.ChainSettings` (second_end, selection, epoch_samples,
+            batch_size, num_points, ...).
     """
-    from mcrobust.chain import ChainSettings, RepairChain, distance_signals, muted_start_up_notes, repair_data
+    from mcrobust.pipeline.chain import ChainSettings, RepairChain, distance_signals, muted_start_up_notes, repair_data
 
     with muted_start_up_notes():  # Lightning's start-up notes, restored afterwards
         if epochs is not None:
@@ -255,8 +257,8 @@ def _record(
 
 def _export(point: nn.Module, folder: Path, record: dict[str, Any]) -> None:
     """repaired.pt / .safetensors (a plain state_dict of the user's class) and repaired.json."""
-    from mcrobust.export import write_point_weights
-    from mcrobust.tables import write_json
+    from mcrobust.io.tables import write_json
+    from mcrobust.paths.export import write_point_weights
 
     write_point_weights(point, folder, "repaired")
     write_json(folder / "repaired.json", json.loads(json.dumps(record, default=_plain)))

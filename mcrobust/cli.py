@@ -30,36 +30,19 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mcrobust.atomic import atomic_torch_save
 from mcrobust.callbacks import ExportPoint, PathEvaluation
-from mcrobust.cli_help import EPILOG, CompactHelpFormatter, ExperimentHelp, experiment_sections, shown_config
-from mcrobust.config_parts import expand_config_args
+from mcrobust.commands.help import EPILOG, CompactHelpFormatter, ExperimentHelp, experiment_sections, shown_config
+from mcrobust.commands.moved import moved_hint
+from mcrobust.commands.parts import expand_config_args
 from mcrobust.data.datamodules import RobustDataModule
-from mcrobust.errors import CheckpointError, ConfigError, MCRobustError
-from mcrobust.guards import (
-    OutputSnapshot,
-    check_checkpoint_classes,
-    check_resume_checkpoint,
-    check_settings,
-    check_writable_folder,
-    nested_strings,
-)
+from mcrobust.errors import CheckpointError, ConfigError, MCRobustError, debugging, fail
+from mcrobust.io.files import atomic_torch_save
+from mcrobust.io.preflight import OutputSnapshot, check_writable_folder
+from mcrobust.io.trust import check_checkpoint_classes, check_resume_checkpoint, nested_strings
+from mcrobust.utils.checks import check_settings
 
-EXIT_USAGE = 2
-DEBUG_VARIABLE = "MCROBUST_DEBUG"
 CKPT_SHORTHANDS = ("last", "best", "hpc")
 """`ckpt_path` values Lightning resolves itself (plus `registry:...` and remote URLs, left to Lightning too)."""
-
-
-def debugging() -> bool:
-    """Whether the user asked for full tracebacks."""
-    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
-
-
-def fail(message: str) -> NoReturn:
-    """Print one line for the user and exit with status 2."""
-    sys.stderr.write(f"mcrobust: error: {message}\n")
-    raise SystemExit(EXIT_USAGE)
 
 
 TIP_LOGGERS = (
@@ -107,6 +90,9 @@ def summarize_parser_error(message: str) -> str:
     lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
     if not lines:
         return message
+    hint = moved_hint(message)  # a config written for mcrobust 0.1 names modules that have moved
+    if hint is not None:
+        return hint
     found = re.search(r"No action for key \"([^\"]+)\"", message) or _UNRECOGNIZED.search(message)
     if found:
         return f"unknown key {found.group(1)!r} (check its spelling; `--help` lists the valid keys)"
@@ -188,7 +174,7 @@ def _first_line(error: BaseException) -> str:
 
 class MCRobustArgumentParser(LightningArgumentParser):
     """LightningArgumentParser whose errors are one line instead of pages of usage, and whose `--help` fits a
-    screen or two (mcrobust.cli_help) and shows the values of the configs given before it."""
+    screen or two (mcrobust.commands.help) and shows the values of the configs given before it."""
 
     context: str | None = None
     """Set while LightningCLI merges a checkpoint's hyperparameters: errors then raise ConfigError with it."""

@@ -1,6 +1,18 @@
-"""Errors a user can fix: the CLI prints them as one line and exits with status 2."""
+"""Errors a user can fix, and `fail`, which every command uses to print one as one line and exit with status 2.
+
+Imports nothing heavy (no torch, no Lightning): `mcrobust --help` and `mcrobust repair --help` stay instant.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+EXIT_USAGE = 2
+"""Exit status of a user error (argparse's, too)."""
+DEBUG_VARIABLE = "MCROBUST_DEBUG"
+"""Set it to 1 to see the traceback of a user error instead of its one line."""
 
 
 class MCRobustError(Exception):
@@ -17,3 +29,18 @@ class DataError(MCRobustError):
 
 class CheckpointError(MCRobustError):
     """A checkpoint that is missing, unsafe to load, or does not fit the network."""
+
+
+def debugging() -> bool:
+    """Whether the user asked for full tracebacks (MCROBUST_DEBUG set, and not to 0)."""
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def fail(message: str) -> NoReturn:
+    """Print `mcrobust: error: <message>` on stderr and exit with status 2: how every command reports a user error.
+
+    Args:
+        message: one line naming the setting and the fix.
+    """
+    sys.stderr.write(f"mcrobust: error: {message}\n")
+    raise SystemExit(EXIT_USAGE)

@@ -96,7 +96,7 @@ def main() -> None:
             finetune,
             "--model.init_args.init_weights",
             str(a),
-            "--data.bonafide_indices_path",
+            "--data.bonafide.indices_path",
             indices,
         ],
         out,
@@ -109,14 +109,14 @@ def main() -> None:
             finetune,
             "--ckpt_path",
             str(out / "finetune" / "checkpoints" / "last.ckpt"),
-            "--data.bonafide_indices_path",
+            "--data.bonafide.indices_path",
             indices,
         ],
         out,
         "finetune_test",
     )
     print("5/5 comparison")
-    from mcrobust.report import main as report
+    from mcrobust.analysis.report import main as report
 
     report([str(out / "path_test"), str(out / "finetune_test"), "--out", str(out)])
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; figure: {out / 'path_test' / 'path_figure.png'}")

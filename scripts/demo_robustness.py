@@ -1,10 +1,10 @@
 """`make demo-robustness`: the robustness landscape between a regular and a PGD-AT digits net (the paper's study).
 
 A path trained with the standard loss; along it the PGD robustness loss and the per-sample input-Hessian top
-eigenvalue, at several attack radii (`--path_evaluation.attack.eps`: one setting of the path evaluation, the rest
-from configs/experiments/robustness_path_digits_tiny.yaml). Prints, per radius, the Pearson correlation (with its
-bootstrap interval), Spearman's rho and the interior barrier of the robustness loss. The settings are fixed in the
-configs; they are not tuned to produce a barrier: the numbers are what the data show. Every step is an `mcrobust`
+eigenvalue, at several attack radii (`--path_evaluation.evaluator.attack.eps`: one setting of the path evaluation,
+the rest from configs/experiments/robustness_path_digits_tiny.yaml). Prints, per radius, the Pearson correlation
+(with its bootstrap interval), Spearman's rho and the interior barrier of the robustness loss. The settings are fixed
+in the configs; they are not tuned to produce a barrier: the numbers are what the data show. Every step is an `mcrobust`
 command run in this process (scripts/demo.py's runner).
 """
 
@@ -46,9 +46,9 @@ def main() -> None:
     for radius in RADII:
         version, path = f"path_test_eps{radius}", str(out / "path" / "checkpoints" / "last.ckpt")
         attack = [
-            "--path_evaluation.attack.eps",
+            "--path_evaluation.evaluator.attack.eps",
             str(radius / 255),
-            "--path_evaluation.attack.alpha",
+            "--path_evaluation.evaluator.attack.alpha",
             str(radius / 4 / 255),
         ]
         mcrobust(

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/one_model_study.py --out lightning_logs/one_model_study
 
 For each tampered third-party model (tests/user_models.py: a SoftmaxNet trained by plain torch on poisoned digits,
-varying seed, poisoning rate and trigger) and each second-end recipe (`mcrobust.second_end`), it runs
+varying seed, poisoning rate and trigger) and each second-end recipe (`mcrobust.pipeline.second_end`), it runs
 `mcrobust.repair` with ONE model on 300 clean training digits (270 bonafide-train, 30 holdout), evaluates on the
 360 test digits, and records the whole path (clean accuracy, ASR and holdout accuracy at every t), the second end
 alone (t = 1: the purification baseline of that recipe at the same budget), the choice of t by several trigger-free
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcrobust.data.poisoning import BlendTrigger, PatchTrigger, Trigger  # noqa: E402
+from mcrobust.threats.triggers import BlendTrigger, PatchTrigger, Trigger  # noqa: E402
 from scripts.one_model_tables import write_tables  # noqa: E402
 from tests.user_models import SoftmaxNet, digits, train_backdoored  # noqa: E402
 
@@ -83,10 +83,10 @@ def tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def point_signals(folder: Path, clean: tuple[torch.Tensor, torch.Tensor], settings: Any) -> dict[float, dict]:
     """The distance signals of every evaluated t of a finished repair in `folder` (t = 1: the second end as given)."""
-    from mcrobust.batchnorm import recompute_bn
-    from mcrobust.chain import distance_signals, repair_data
-    from mcrobust.inputs import as_split
     from mcrobust.nets.adapters import adapt_net
+    from mcrobust.paths.batchnorm import recompute_bn
+    from mcrobust.pipeline.chain import distance_signals, repair_data
+    from mcrobust.pipeline.inputs import as_split
     from mcrobust.systems import CurveSystem
 
     data = repair_data(as_split(clean, "clean"), None, settings)
@@ -110,7 +110,7 @@ def point_signals(folder: Path, clean: tuple[torch.Tensor, torch.Tensor], settin
 def one_repair(model: Tampered, path: Path, variant: str, clean: Any, evaluation: Any, out: Path) -> dict[str, Any]:
     """Repair `path` with one recipe; the path table, the signals of every t, and the seconds it took."""
     import mcrobust
-    from mcrobust.chain import ChainSettings
+    from mcrobust.pipeline.chain import ChainSettings
 
     folder = out / model.name / variant
     chain = {**BUDGET, **VARIANTS[variant]}
@@ -150,7 +150,7 @@ def train_tampered(path: Path, model: Tampered, overlap: bool) -> Path:
     """
     if overlap:
         return train_backdoored(path, seed=model.seed, trigger=model.trigger(), rate=model.rate)
-    from mcrobust.data.poisoning import poison
+    from mcrobust.threats.backdoor import poison
 
     images, labels = digits("train")
     poisoned = poison(images[CLEAN_IMAGES:], labels[CLEAN_IMAGES:], model.trigger(), TARGET, model.rate, seed=0)

@@ -19,8 +19,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcrobust.selection import select_t  # noqa: E402
-from mcrobust.tables import markdown_table  # noqa: E402
+from mcrobust.io.tables import markdown_table  # noqa: E402
+from mcrobust.paths.selection import select_t  # noqa: E402
 
 REMOVED_ASR = 0.10
 """A repair removed the backdoor when the ASR at its exported point is at most this (issue 14)."""
@@ -192,7 +192,7 @@ def models_table(study: dict[str, Any]) -> str:
 def write_tables(study: dict[str, Any], path: Path) -> str:
     """All tables of the study as Markdown, written to `path` (and returned)."""
     from mcrobust.api import NEAR_TAMPERED, near_tampered
-    from mcrobust.chain import ChainSettings
+    from mcrobust.pipeline.chain import ChainSettings
 
     rule = ChainSettings().selection
     chosen, default = points(study, ("middle", "far")), points(study, (rule,))

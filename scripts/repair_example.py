@@ -21,8 +21,9 @@ def stand_in(folder: Path) -> tuple[Path, Path, Path]:
     """A backdoored checkpoint {'net': state_dict}, a clean image folder and a trigger YAML, for trying it out."""
     from PIL import Image
 
-    from mcrobust.data.poisoning import PatchTrigger, poison
     from mcrobust.data.sources import load_split
+    from mcrobust.threats.backdoor import poison
+    from mcrobust.threats.triggers import PatchTrigger
 
     train = load_split("digits", "train")
     poisoned = poison(train.images, train.labels, PatchTrigger(), target=1, rate=0.2, seed=0)
@@ -41,7 +42,7 @@ def stand_in(folder: Path) -> tuple[Path, Path, Path]:
     for i, (image, label) in enumerate(zip(train.images[:300], train.labels[:300], strict=True)):
         (folder / "clean" / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / "clean" / str(label) / f"{i}.png")
-    (folder / "trigger.yaml").write_text("trigger:\n  class_path: mcrobust.data.poisoning.PatchTrigger\ntarget: 1\n")
+    (folder / "trigger.yaml").write_text("trigger:\n  class_path: mcrobust.threats.triggers.PatchTrigger\ntarget: 1\n")
     return folder / "suspicious.pt", folder / "clean", folder / "trigger.yaml"
 
 

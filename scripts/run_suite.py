@@ -8,8 +8,8 @@
 Every step is one `mcrobust fit|test --config configs/experiments/<kind>_<dataset>_<net>.yaml ...` command, so
 the configs hold the settings and this script only chains the runs (checkpoints of one step are the inputs of the
 next). Each runs as its own `python -m mcrobust` process: a DDP overlay starts its workers by re-running the
-command, and `--launcher srun` wraps it. Each chain ends with its comparison table (`python -m mcrobust.report`);
-`--dry-run` prints the commands only.
+command, and `--launcher srun` wraps it. Each chain ends with its comparison table
+(`python -m mcrobust.analysis.report`); `--dry-run` prints the commands only.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Suite:
         return str(self.logs / name / version / "checkpoints" / "last.ckpt")
 
     def report(self, runs: list[str], out: str) -> Step:
-        return [[sys.executable, "-m", "mcrobust.report", *runs, "--out", str(self.logs / "comparison" / out)]]
+        return [[sys.executable, "-m", "mcrobust.analysis.report", *runs, "--out", str(self.logs / "comparison" / out)]]
 
     def endpoints(self, kind: str) -> Iterator[Step]:
         """Two tampered endpoints A and B (seeds 1 and 2), independent of each other."""
@@ -67,11 +67,11 @@ class Suite:
     def repair(self, size: int, start: str, end: str, version: str) -> Iterator[Step]:
         """Path at bonafide size N, its evaluation, then every baseline on the same subset, then the table."""
         name = f"repair_{self.setting}"
-        sizes = ["--data.bonafide_size", str(size), "--data.holdout_size", str(max(10, size // 10))]
+        sizes = ["--data.bonafide.size", str(size), "--data.bonafide.holdout_size", str(max(10, size // 10))]
         ends = ["--model.init_args.start", start, "--model.init_args.end", end]
         yield [self.mcrobust("fit", name, version, *ends, *sizes)]
         yield [self.mcrobust("test", name, f"{version}_test", "--ckpt_path", self.ckpt(name, version), *sizes)]
-        indices = ["--data.bonafide_indices_path", str(self.logs / name / version / "bonafide_indices.json")]
+        indices = ["--data.bonafide.indices_path", str(self.logs / name / version / "bonafide_indices.json")]
         runs = [str(self.logs / name / f"{version}_test")]
         for baseline in self.args.baselines:
             base, base_version = f"baseline_{baseline}_{self.setting}", f"{baseline}_{version}"
@@ -95,7 +95,7 @@ class Suite:
         name, finetune = f"backdoor_{self.setting}", f"baseline_finetune_{self.setting}"
         yield [self.mcrobust("fit", name, "a", "--seed_everything", "1", *self.args.endpoint_extra)]
         for size in self.args.sizes:
-            weights = ["--model.init_args.init_weights", self.ckpt(name, "a"), "--data.bonafide_size", str(size)]
+            weights = ["--model.init_args.init_weights", self.ckpt(name, "a"), "--data.bonafide.size", str(size)]
             yield [self.mcrobust("fit", finetune, f"single_n{size}", *weights)]
             second = self.ckpt(finetune, f"single_n{size}")
             yield from self.repair(size, self.ckpt(name, "a"), second, f"single_path_n{size}")

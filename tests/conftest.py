@@ -89,8 +89,8 @@ def train_tiny_endpoint(path: Path, seed: int, poisoned: bool, epochs: int = 12)
 
     from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
     from mcrobust.nets import TinyNet
-    from mcrobust.schedules import PaperSchedule
     from mcrobust.systems import EndpointSystem
+    from mcrobust.utils.schedules import PaperSchedule
 
     pl.seed_everything(seed)
     datamodule = RobustDataModule(batch_size=64, poison=PoisonSettings(rate=0.1) if poisoned else None)

@@ -14,13 +14,15 @@ import pytest
 import torch
 
 import mcrobust
-from mcrobust.data.poisoning import PatchTrigger
+from mcrobust.threats.triggers import PatchTrigger
 from tests.user_models import SoftmaxNet, digits, train_backdoored, write_class_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIGGER = {"trigger": {"class_path": "mcrobust.data.poisoning.PatchTrigger"}, "target": 1}
+TRIGGER = {"trigger": {"class_path": "mcrobust.threats.triggers.PatchTrigger"}, "target": 1}
 FOREIGN = {"normalize": "0.5,0.5", "output": "probabilities"}
-BUDGET = {"epochs": 30, "epoch_samples": 320, "batch_size": 32, "path_lr": 0.05, "finetune_lr": 0.05}
+BUDGET = {"epochs": 30, "epoch_samples": 320, "batch_size": 32, "path_lr": 0.1, "finetune_lr": 0.05}
+"""A CPU-sized repair. Measured over seeds 0-11 at this budget: ASR at the chosen t <= 0.114 on all 12 (at path_lr
+0.05, 2 of 12 stayed above 0.15); clean accuracy within 5 points of the model on 11 (seed 7: 5.3 points)."""
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def handed(tmp_path_factory) -> dict[str, Path]:
     x, y = digits("train")
     test_x, test_y = digits("test")
     trigger_file = root / "trigger.yaml"
-    trigger_file.write_text("trigger:\n  class_path: mcrobust.data.poisoning.PatchTrigger\ntarget: 1\n")
+    trigger_file.write_text("trigger:\n  class_path: mcrobust.threats.triggers.PatchTrigger\ntarget: 1\n")
     return {
         "a": train_backdoored(root / "a.pt", seed=1, trigger=PatchTrigger()),
         "b": train_backdoored(root / "b.pt", seed=2, trigger=PatchTrigger()),
@@ -119,7 +121,7 @@ def test_repair_command_is_the_same_repair_in_one_command(handed, capsys):
     ]
     args += ["--clean", str(handed["clean"]), "--eval", str(handed["eval"]), "--trigger", str(handed["trigger"])]
     args += ["--normalize", "0.5,0.5", "--output", "probabilities", "--epochs", "30", "--epoch-samples", "320"]
-    args += ["--batch-size", "32", "--out", str(out), "--path-lr", "0.05"]
+    args += ["--batch-size", "32", "--out", str(out), "--path-lr", "0.1"]
     main(args)
     printed = capsys.readouterr().out
     assert "selected t" in printed and "repaired: t =" in printed
@@ -174,8 +176,8 @@ def test_top_level_help_and_version_do_not_import_lightning():
     import sys
 
     code = "import sys; from mcrobust.__main__ import main; main(['--help']); main(['--version']);"
-    code += "from mcrobust.repair_command import parser; print(parser().format_help());"
+    code += "from mcrobust.commands.repair import parser; print(parser().format_help());"
     code += "print('pytorch_lightning' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert "repair" in out and "mcrobust 0.1.0" in out and "--normalize" in out
+    assert "repair" in out and f"mcrobust {mcrobust.__version__}" in out and "--normalize" in out
     assert out.strip().endswith("False False")  # not even torch: --help answers at once

@@ -110,9 +110,9 @@ def repair_args(logs: Path, endpoints: dict[str, Path], start: Path | None = Non
         str(endpoints["b"]),
         "--trainer.max_epochs",
         "1",
-        "--data.bonafide_size",
+        "--data.bonafide.size",
         "60",
-        "--data.holdout_size",
+        "--data.bonafide.holdout_size",
         "20",
         *QUIET,
         *log_to(logs),
@@ -216,14 +216,14 @@ CONFIG_CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "unknown-model-key": (lambda t: ["--model.init_args.num_bend", "3"], "num_bend"),
     "wrong-type": (lambda t: ["--data.batch_size", "abc"], "data.batch_size"),
     "wrong-literal": (lambda t: ["--model.init_args.kind", "spline"], "spline"),
-    "bonafide-larger-than-pool": (lambda t: ["--data.bonafide_size", "100000"], "exceeds the 1437 images in the pool"),
+    "bonafide-larger-than-pool": (lambda t: ["--data.bonafide.size", "100000"], "exceeds the 1437 images in the pool"),
     "batch-size-0": (lambda t: ["--data.batch_size", "0"], "data.batch_size must be >= 1"),
     "eval-batch-size-0": (lambda t: ["--data.eval_batch_size", "0"], "data.eval_batch_size must be >= 1"),
     "bonafide-fraction-2": (
-        lambda t: ["--data.bonafide_size", "null", "--data.bonafide_fraction", "2"],
-        "data.bonafide_fraction must be in (0, 1]",
+        lambda t: ["--data.bonafide.size", "null", "--data.bonafide.fraction", "2"],
+        "data.bonafide.fraction must be in (0, 1]",
     ),
-    "holdout-eats-bonafide": (lambda t: ["--data.holdout_size", "60"], "data.holdout_size 60 leaves"),
+    "holdout-eats-bonafide": (lambda t: ["--data.bonafide.holdout_size", "60"], "data.bonafide.holdout_size 60 leaves"),
     "val-t-above-1": (lambda t: ["--model.init_args.val_t", "1.5"], "val_t must be in [0, 1], got 1.5"),
     "val-t-below-0": (lambda t: ["--model.init_args.val_t", "-0.1"], "val_t must be in [0, 1], got -0.1"),
     "path-t-values": (
@@ -242,7 +242,7 @@ CONFIG_CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "pgd-negative-eps": (
         lambda t: [
             "--model.init_args.eval_attack",
-            "mcrobust.attacks.PGD",
+            "mcrobust.threats.evasion.PGD",
             "--model.init_args.eval_attack.eps",
             "-0.1",
         ],
@@ -315,10 +315,10 @@ def test_a_failed_start_in_a_reused_version_folder_keeps_what_was_there(tmp_path
     args = repair_args(logs, tiny_endpoints) + [
         "--trainer.logger.init_args.version",
         "kept",
-        "--data.holdout_size",
+        "--data.bonafide.holdout_size",
         "60",
     ]
-    assert_one_line_error(capsys, args, "data.holdout_size 60 leaves")
+    assert_one_line_error(capsys, args, "data.bonafide.holdout_size 60 leaves")
     kept = sorted(p.relative_to(version).as_posix() for p in files_under(version))
     assert kept == ["checkpoints/last.ckpt", "notes.txt"]  # the failed start's config.yaml, events, ... are gone
     assert (version / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run's checkpoint"
@@ -352,13 +352,13 @@ def test_without_a_logger_a_failed_start_removes_only_its_own_setup_files(tmp_pa
         "--trainer.default_root_dir",
         str(root),
     ]
-    assert_one_line_error(capsys, args + ["--data.holdout_size", "60"], "data.holdout_size 60 leaves")
+    assert_one_line_error(capsys, args + ["--data.bonafide.holdout_size", "60"], "data.bonafide.holdout_size 60 leaves")
     assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]
 
 
 # ----------------------------------------------------------------------------------------------------- guards
 def test_output_snapshot_removes_only_what_appeared(tmp_path):
-    from mcrobust.guards import OutputSnapshot
+    from mcrobust.io.preflight import OutputSnapshot
 
     shared, run = tmp_path / "shared", tmp_path / "logs" / "name" / "version_0"
     shared.mkdir()
@@ -375,7 +375,7 @@ def test_output_snapshot_removes_only_what_appeared(tmp_path):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_check_finite_loss_names_the_step_and_the_value(value):
-    from mcrobust.guards import TrainingDiverged, check_finite_loss
+    from mcrobust.utils.checks import TrainingDiverged, check_finite_loss
 
     check_finite_loss(torch.tensor(2.5), step=3)
     with pytest.raises(TrainingDiverged, match=f"diverged at step 7: the loss is {value}"):

@@ -137,6 +137,18 @@ def test_one_path_evaluation_setting_changes_from_the_command_line():
     assert evaluation.selection_tolerance == 0.05  # the part's other settings stay
 
 
+def test_one_evaluator_setting_changes_from_the_command_line():
+    """The evaluator's settings are one flag each, `init_args` left out; a nested null is a JSON value."""
+    flags = ["--path_evaluation.evaluator.hessian_samples", "32", "--path_evaluation.evaluator.attack.steps", "20"]
+    cli = run_cli(["--config", REPAIR, *flags, *NO_LOGS], run=False)
+    evaluator = cli.trainer.callbacks[callback_names(cli).index("PathEvaluation")].evaluator
+    assert (evaluator.hessian_samples, evaluator.attack.steps) == (32, 20)
+    assert (evaluator.hessian_iters, evaluator.attack.eps) == (20, 0.0627)  # the part's other settings stay
+    cli = run_cli(["--config", REPAIR, "--path_evaluation.evaluator", '{"attack": null}', *NO_LOGS], run=False)
+    evaluator = cli.trainer.callbacks[callback_names(cli).index("PathEvaluation")].evaluator
+    assert evaluator.attack is None and evaluator.hessian_samples == 64
+
+
 def test_path_evaluation_null_drops_it_and_twice_is_refused(capsys):
     assert "PathEvaluation" not in callback_names(
         run_cli(["--config", REPAIR, "--path_evaluation", "null", *NO_LOGS], run=False)
@@ -182,7 +194,8 @@ def test_experiment_help_shows_its_values_and_its_classes_settings(capsys, monke
     text = help_text(capsys, monkeypatch, "fit", "--config", REPAIR, "--help")
     assert len(text.splitlines()) <= 130
     lines = [" ".join(line.split()) for line in text.splitlines()]
-    for expected in ("--trainer.max_epochs 100", "--data.bonafide_size 180", "--model CurveSystem", "num_points 11"):
+    shown = ("--trainer.max_epochs 100", "--data.bonafide BonafideSettings(size=180", "--model CurveSystem")
+    for expected in (*shown, "num_points 11"):
         assert any(line.startswith(expected) for line in lines), expected
     assert "start lightning_logs/backdoor_digits_tiny/a/checkpoints/last.ckpt" in lines
     assert "attack PGD(eps=0.0627, alpha=0.0157, steps=10)" in lines

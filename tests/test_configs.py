@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from mcrobust.cli import resolved_config, run_cli
-from mcrobust.config_parts import composed_settings, config_chain, expand_config_args
+from mcrobust.commands.moved import moved_paths
+from mcrobust.commands.parts import composed_settings, config_chain, expand_config_args
 from mcrobust.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,11 @@ JPEG_RUNS = "lightning_logs/cifar10_jpeg_cpu"
 DELIBERATE = {
     # the noisy baseline trains nothing, so its epoch length has no effect; it now shares the path's data settings
     **{
-        f"baseline_noisy_{name}": {"data.epoch_samples": (None, samples)}
+        f"baseline_noisy_{name}": {
+            "data.epoch_samples": (None, samples),
+            # its draws are now evaluated by a callback, as a path's are (issue 15)
+            "trainer.callbacks": (None, [{"class_path": "mcrobust.callbacks.noisy_evaluation.NoisyEvaluation"}]),
+        }
         for name, samples in (("cifar10_vgg16", 10000), ("svhn_preresnet26", 26032), ("digits_tiny", 160))
     },
     # its endpoints now have their own config (backdoor_cifar10jpeg_preresnet20_cpu), hence their own log folder
@@ -150,6 +155,42 @@ def as_complete_file_had_it(config: dict) -> dict:
     return same_classes(config)
 
 
+BONAFIDE_KEYS = {
+    "bonafide_size": "size",
+    "bonafide_fraction": "fraction",
+    "bonafide_seed": "seed",
+    "bonafide_pool": "pool",
+    "bonafide_indices_path": "indices_path",
+    "holdout_size": "holdout_size",
+}
+"""The complete files' flat bonafide keys of `data:` and their names in today's `data.bonafide:` section."""
+
+
+def with_bonafide_section(text: str) -> str:
+    """A complete file's YAML with its flat `data.bonafide_*` and `data.holdout_size` keys in `data.bonafide:`."""
+    config = yaml.safe_load(text)
+    data = config.get("data") or {}
+    bonafide = {new: data.pop(old) for old, new in BONAFIDE_KEYS.items() if old in data}
+    if bonafide:
+        data["bonafide"] = bonafide
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+EVALUATOR_SETTINGS = ("attack", "hessian_samples", "hessian_iters", "hessian_tol", "hessian_top_k", "seed")
+"""PathEvaluation's settings that it passed through to its PointEvaluator until it took the evaluator itself."""
+
+
+def with_evaluator(text: str) -> str:
+    """A complete file's YAML with its PathEvaluation's attack and Hessian settings in `evaluator:`, now theirs."""
+    config = yaml.safe_load(text)
+    for callback in (config.get("trainer") or {}).get("callbacks") or []:
+        init_args = callback.get("init_args") or {}
+        if callback.get("class_path", "").endswith("PathEvaluation") and set(EVALUATOR_SETTINGS) & set(init_args):
+            moved = {key: init_args.pop(key) for key in EVALUATOR_SETTINGS if key in init_args}
+            init_args["evaluator"] = {"class_path": "mcrobust.analysis.evaluation.PointEvaluator", "init_args": moved}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def with_deliberate_changes(config: dict, name: str) -> dict:
     for key, (before, after) in DELIBERATE.get(name, {}).items():
         *parents, last = key.split(".")
@@ -168,7 +209,7 @@ def test_composed_experiment_resolves_to_what_its_complete_file_gave(config, tmp
     if complete is None:
         pytest.skip(f"no {former}.yaml at commit {BEFORE_PARTS[:7]} (git history unavailable or a newer experiment)")
     old = tmp_path / f"{former}.yaml"
-    old.write_text(complete)
+    old.write_text(with_evaluator(with_bonafide_section(moved_paths(complete))))  # the 0.2 layout's names
     before = with_deliberate_changes(as_complete_file_had_it(resolved_config(old, args=flags)), config.stem)
     assert as_complete_file_had_it(printed(config)) == before
 
@@ -218,12 +259,13 @@ def test_parts_apply_in_order_before_the_file_each_once(tmp_path):
 def test_later_files_and_flags_override_parts_and_plus_appends(tmp_path):
     repair = ROOT / "configs/experiments/repair_digits_tiny.yaml"
     extra = write(tmp_path, "extra.yaml", "trainer:\n  callbacks+:\n    - class_path: mcrobust.callbacks.Speedups\n")
-    resolved = resolved_config(repair, extra, args=["--data.bonafide_size", "90", "--path_evaluation.num_points", "3"])
+    resolved = resolved_config(repair, extra, args=["--data.bonafide.size", "90", "--path_evaluation.num_points", "3"])
     names = [callback["class_path"].rsplit(".", 1)[-1] for callback in resolved["trainer"]["callbacks"]]
     assert names == ["ModelCheckpoint", "ExportPoint", "Speedups"]
-    assert resolved["data"]["bonafide_size"] == 90 and resolved["data"]["holdout_size"] == 40
+    assert resolved["data"]["bonafide"]["size"] == 90 and resolved["data"]["bonafide"]["holdout_size"] == 40
     assert resolved["path_evaluation"]["init_args"]["num_points"] == 3
-    assert resolved["path_evaluation"]["init_args"]["hessian_samples"] == 64  # the part's other settings stay
+    evaluator = resolved["path_evaluation"]["init_args"]["evaluator"]["init_args"]
+    assert evaluator["hessian_samples"] == 64  # the part's other settings stay
 
 
 @pytest.mark.parametrize(

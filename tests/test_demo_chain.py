@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from mcrobust.cli import run_cli
+from mcrobust.io.tables import read_csv
 from mcrobust.nets import TinyNet
-from mcrobust.tables import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 REPAIR = str(ROOT / "configs/experiments/repair_digits_tiny.yaml")

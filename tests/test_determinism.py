@@ -11,14 +11,15 @@ CONFIG = str(ROOT / "configs/experiments/repair_digits_tiny.yaml")
 SMALL_SWEEP = """
 path_evaluation:
   num_points: 3
-  attack:
-    class_path: mcrobust.attacks.PGD
-    init_args:
-      eps: 0.0627
-      alpha: 0.0157
-      steps: 2
-  hessian_samples: 6
-  hessian_iters: 4
+  evaluator:
+    attack:
+      class_path: mcrobust.threats.evasion.PGD
+      init_args:
+        eps: 0.0627
+        alpha: 0.0157
+        steps: 2
+    hessian_samples: 6
+    hessian_iters: 4
 """
 
 
@@ -30,9 +31,9 @@ def common_args(tmp_path: Path, logs: Path) -> list[str]:
         CONFIG,
         "--config",
         str(overlay),
-        "--data.bonafide_size",
+        "--data.bonafide.size",
         "60",
-        "--data.holdout_size",
+        "--data.bonafide.holdout_size",
         "20",
         "--data.eval_size",
         "60",

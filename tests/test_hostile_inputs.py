@@ -41,7 +41,7 @@ def endpoint(subcommand: str, logs: Path, *extra: str) -> list[str]:
 
 def repair(subcommand: str, logs: Path, start: Path, *extra: str) -> list[str]:
     ends = ["--model.init_args.start", str(start), "--model.init_args.end", str(start)]
-    sizes = ["--data.bonafide_size", "60", "--data.holdout_size", "20"]
+    sizes = ["--data.bonafide.size", "60", "--data.bonafide.holdout_size", "20"]
     return [subcommand, "--config", REPAIR, *ends, *sizes, *SHORT, *QUIET, *log_to(logs), *extra]
 
 
@@ -152,7 +152,7 @@ def test_the_command_refuses_a_foreign_class_in_one_line_and_never_imports_it(tm
 
 
 def test_class_paths_the_config_names_are_allowed_and_file_names_are_data():
-    from mcrobust.guards import check_checkpoint_classes
+    from mcrobust.io.trust import check_checkpoint_classes
 
     hparams = {"net": {"class_path": "my_lab.nets.Net"}, "start": "a.ckpt", "optimizer": "torch.optim.SGD"}
     check_checkpoint_classes(hparams, "x.ckpt", named=["my_lab.nets.Net"])
@@ -238,7 +238,7 @@ def test_settings_torch_refuses_late_are_refused_first(capsys, tmp_path, extra, 
 
 def test_a_blend_pattern_file_error_is_the_projects_line_not_the_union_text(capsys, tmp_path, runs):
     missing = tmp_path / "pattern.png"
-    trigger = ["--data.poison.trigger", "mcrobust.data.poisoning.BlendTrigger"]
+    trigger = ["--data.poison.trigger", "mcrobust.threats.triggers.BlendTrigger"]
     args = repair(
         "fit", tmp_path / "logs", runs["endpoint"], *trigger, "--data.poison.trigger.pattern_path", str(missing)
     )
@@ -259,8 +259,8 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line(capsys, tmp_path, mo
 
 
 def test_a_full_disk_while_writing_a_table_names_the_folder(tmp_path, monkeypatch):
-    from mcrobust.atomic import NoSpaceLeft
-    from mcrobust.tables import write_csv
+    from mcrobust.io.files import NoSpaceLeft
+    from mcrobust.io.tables import write_csv
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -284,9 +284,9 @@ def test_a_version_folder_or_one_inside_it_that_is_a_file(capsys, tmp_path, bloc
 
 # -------------------------------------------------------------------------------------------------- exports
 def test_a_same_seed_export_writes_the_same_bytes(tmp_path):
-    from mcrobust.curves import CurveModel
-    from mcrobust.export import export_point
     from mcrobust.nets import TinyNet
+    from mcrobust.paths.curves import CurveModel
+    from mcrobust.paths.export import export_point
 
     def export(folder: Path) -> dict[str, Path]:
         torch.manual_seed(0)

@@ -15,18 +15,18 @@ import torch
 
 import mcrobust
 from mcrobust.api import near_tampered
-from mcrobust.chain import ChainSettings, RepairChain, distance_signals, repair_data
-from mcrobust.data.poisoning import PatchTrigger
 from mcrobust.errors import ConfigError
-from mcrobust.inputs import as_module, as_split
 from mcrobust.nets.adapters import adapt_net
-from mcrobust.second_end import fresh_copy
-from mcrobust.selection import select_t
+from mcrobust.paths.selection import select_t
+from mcrobust.pipeline.chain import ChainSettings, RepairChain, distance_signals, repair_data
+from mcrobust.pipeline.inputs import as_module, as_split
+from mcrobust.pipeline.second_end import fresh_copy
+from mcrobust.threats.triggers import PatchTrigger
 from tests.user_models import SoftmaxNet, digits, train_backdoored, write_class_folder
 
 FOREIGN = {"normalize": "0.5,0.5", "output": "probabilities"}
 BUDGET = {"epochs": 30, "epoch_samples": 320, "batch_size": 32, "path_lr": 0.05, "finetune_lr": 0.05}
-TRIGGER = {"trigger": {"class_path": "mcrobust.data.poisoning.PatchTrigger"}, "target": 1}
+TRIGGER = {"trigger": {"class_path": "mcrobust.threats.triggers.PatchTrigger"}, "target": 1}
 
 
 @pytest.fixture(scope="module")

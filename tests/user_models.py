@@ -47,7 +47,7 @@ def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
 def train_backdoored(path: Path, seed: int, trigger, target: int = 1, rate: float = 0.2, epochs: int = 25) -> Path:
     """Plain-torch training on digits with `rate` of the non-target images triggered and relabelled."""
-    from mcrobust.data.poisoning import poison
+    from mcrobust.threats.backdoor import poison
 
     images, labels = digits("train")
     poisoned = poison(images, labels, trigger, target, rate, seed=0)

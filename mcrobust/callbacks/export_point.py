@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from mcrobust.data.datamodules import datamodule_of
 from mcrobust.errors import ConfigError
-from mcrobust.export import export_point, net_config
-from mcrobust.systems.classification import datamodule_of
+from mcrobust.paths.export import export_point, net_config
 
 
 class ExportPoint(Callback):
@@ -46,7 +46,9 @@ class ExportPoint(Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         t = self.t if self.t is not None else getattr(pl_module, "selected_t", None)
         if t is None:
-            rank_zero_warn("ExportPoint: no t to export; set its t or add PathEvaluation with data.holdout_size > 0")
+            rank_zero_warn(
+                "ExportPoint: no t to export; set its t or add PathEvaluation with data.bonafide.holdout_size > 0"
+            )
             return
         measured = getattr(pl_module, "val_t", t)
         if measured != t:

@@ -24,17 +24,16 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from tqdm.auto import tqdm
 
-from mcrobust.attacks import PGD, AutoAttack
-from mcrobust.batchnorm import recompute_bn
+from mcrobust.analysis.evaluation import COLUMNS as METRIC_COLUMNS
+from mcrobust.analysis.evaluation import COUNT_COLUMNS, PointEvaluator
+from mcrobust.analysis.plotting import plot_path
+from mcrobust.analysis.statistics import summarize_path
+from mcrobust.data.datamodules import datamodule_of
 from mcrobust.errors import ConfigError
-from mcrobust.evaluation import COLUMNS as METRIC_COLUMNS
-from mcrobust.evaluation import COUNT_COLUMNS, PointEvaluator
-from mcrobust.injection import InjectionSets
-from mcrobust.pathstats import summarize_path
-from mcrobust.plotting import plot_path
-from mcrobust.selection import select_t
-from mcrobust.systems.classification import datamodule_of
-from mcrobust.tables import markdown_table, read_csv, write_csv, write_json
+from mcrobust.io.tables import markdown_table, read_csv, write_csv, write_json
+from mcrobust.paths.batchnorm import recompute_bn
+from mcrobust.paths.selection import select_t
+from mcrobust.threats.injection import InjectionSets
 
 METRICS_FILE, SUMMARY_FILE, SETTINGS_FILE, FIGURE_FILE = (
     "path_metrics.csv",
@@ -77,17 +76,14 @@ class PathEvaluation(Callback):
         every_n_epochs: also sweep during fit every n epochs (0: only on test).
         bn_data: recompute BN on the 'bonafide' data (faithful to the threat model) or the full clean 'train' split.
         endpoints_as_given: t=0 and t=1 are the endpoint models with their own BN statistics (no recompute).
-        attack: attack for robust_acc / robust_loss (PGD 8/255 in the paper; AutoAttack for a stronger check).
-        hessian_samples: evaluation images whose input-Hessian top eigenvalue is averaged (0: skip).
-        hessian_iters: power-iteration cap.
-        hessian_tol: relative tolerance at which a sample's power iteration stops.
-        hessian_top_k: eigenvalues per sample (1: the top one).
+        evaluator: what is measured at every t (`mcrobust.analysis.evaluation.PointEvaluator`: its attack for
+            robust_acc / robust_loss, PGD 8/255 in the paper, its Hessian samples, iterations, tolerance, top k and
+            seed); None: clean accuracy and loss and the ASR only.
         injection_sets: `injection_sets.pt` of an error-injection run, measured at every t.
         selection_tolerance: the chosen t keeps held-out bonafide accuracy within this of the best interior point;
             None: one standard error of the best on the held-out images (at least one image).
         selection_t: choose this t explicitly instead of by the rule.
         dirpath: where the table, summary and figure go (default: the run's log dir); a sweep resumes there.
-        seed: seed of per-sample evaluation randomness (PGD starts, power-iteration vectors).
     """
 
     def __init__(
@@ -97,32 +93,20 @@ class PathEvaluation(Callback):
         every_n_epochs: int = 0,
         bn_data: Literal["bonafide", "train"] = "bonafide",
         endpoints_as_given: bool = True,
-        attack: PGD | AutoAttack | None = None,
-        hessian_samples: int = 0,
-        hessian_iters: int = 20,
-        hessian_tol: float = 1e-3,
-        hessian_top_k: int = 1,
+        evaluator: PointEvaluator | None = None,
         injection_sets: str | None = None,
         selection_tolerance: float | None = 0.02,
         selection_t: float | None = None,
         dirpath: str | None = None,
-        seed: int = 0,
     ) -> None:
         self.ts = t_grid(num_points, t_values)
-        if every_n_epochs < 0 or hessian_samples < 0:
-            raise ConfigError("PathEvaluation every_n_epochs and hessian_samples must be >= 0")
+        if every_n_epochs < 0:
+            raise ConfigError(f"PathEvaluation every_n_epochs must be >= 0, got {every_n_epochs}")
         self.every_n_epochs, self.bn_data, self.endpoints_as_given = every_n_epochs, bn_data, endpoints_as_given
-        self.evaluator = PointEvaluator(
-            attack=attack,
-            hessian_samples=hessian_samples,
-            hessian_iters=hessian_iters,
-            hessian_tol=hessian_tol,
-            hessian_top_k=hessian_top_k,
-            seed=seed,
-        )
+        self.evaluator = evaluator if evaluator is not None else PointEvaluator()
         self.injection_path = injection_sets
         self.selection_tolerance, self.selection_t = selection_tolerance, selection_t
-        self.dirpath, self.seed = dirpath, seed
+        self.dirpath = dirpath
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
@@ -190,7 +174,7 @@ class PathEvaluation(Callback):
             "eval_size": len(datamodule.eval_datasets()["clean"]),
             "bonafide_size": None if datamodule.bonafide_index is None else len(datamodule.bonafide_index),
             "holdout_size": None if datamodule.bonafide_index is None else len(datamodule.bonafide_dataset("holdout")),
-            "seed": self.seed,
+            "seed": evaluator.seed,
         }
 
     def output_dir(self, trainer: pl.Trainer) -> Path:
@@ -211,7 +195,7 @@ class PathEvaluation(Callback):
         injection = self.injection_sets(datamodule)
         sets = self.evaluation_loaders(datamodule)
         holdout = self.holdout_loader(datamodule)
-        holdout_evaluator = PointEvaluator(seed=self.seed)  # clean accuracy only: no attack, no Hessian there
+        holdout_evaluator = PointEvaluator(seed=self.evaluator.seed)  # clean accuracy only: no attack, no Hessian there
         progress = tqdm(ts, desc="path", disable=not trainer.is_global_zero or not trainer.progress_bar_callback)
         for index, t in enumerate(progress):
             if t in done:
@@ -260,7 +244,7 @@ class PathEvaluation(Callback):
         return self._injection
 
     def holdout_loader(self, datamodule: Any) -> Any:
-        if datamodule.bonafide_index is None or not datamodule.holdout_size:
+        if datamodule.bonafide_index is None or not datamodule.bonafide.holdout_size:
             return None
         holdout = datamodule.bonafide_dataset("holdout")
         self.holdout_count = len(holdout)  # the automatic selection tolerance needs it
@@ -328,5 +312,8 @@ class PathEvaluation(Callback):
             count = getattr(self, "holdout_count", None)
             result = select_t(rows, column="holdout_acc", tolerance=self.selection_tolerance, count=count)
         else:
-            return {"selected_t": None, "rule": "no held-out bonafide data (set data.holdout_size) and no selection_t"}
+            return {
+                "selected_t": None,
+                "rule": "no held-out bonafide data (set data.bonafide.holdout_size) and no selection_t",
+            }
         return {"selected_t": result.t, "rule": result.rule}

@@ -24,13 +24,12 @@ from torch.utils.data import DataLoader
 
 from mcrobust.data.samplers import EpochSampler, UnpaddedShardSampler
 from mcrobust.data.transforms import ArrayDataset, CropFlip
+from mcrobust.utils.seeding import Stream, generator_for
 
 __all__ = ["BatchPlan", "BatchedArrays", "EpochBatchSampler", "ShardBatchSampler", "batched_loader", "can_batch"]
 
 DRAWS = 3
 """Uniform numbers per augmented sample: crop row, crop column, flip."""
-_DRAW_STREAM = 1 << 40
-"""Offset of the augmentation generator's seed from the order's (seed * 1_000_003 + epoch): separate streams."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class EpochBatchSampler(EpochSampler):
 
     def epoch_draws(self) -> Tensor:
         """This epoch's (total_size, draws) table of uniforms, one row per position of the global order."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + _DRAW_STREAM)
+        generator = generator_for(self.seed, Stream.AUGMENTATION, self.epoch)  # apart from the order's stream
         return torch.rand(self.total_size, self.draws, generator=generator, dtype=torch.float64)
 
     def __iter__(self) -> Iterator[BatchPlan]:  # type: ignore[override]

@@ -49,7 +49,7 @@ def allocate_proportional(counts: np.ndarray, size: int) -> np.ndarray:
     return base
 
 
-def _as_labels(labels: np.ndarray) -> np.ndarray:
+def as_labels(labels: np.ndarray) -> np.ndarray:
     """Check that labels are a 1-D integer array and return them as int64."""
     array = np.asarray(labels)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
@@ -101,7 +101,7 @@ def bonafide_indices(labels: np.ndarray, size: int, seed: int = 0, num_classes: 
     Raises:
         ConfigError: size out of range, a class absent from the pool, or a class that would get no image.
     """
-    labels = _as_labels(labels)
+    labels = as_labels(labels)
     pool = len(labels)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise ConfigError(f"bonafide size must be a whole number of images, got {size!r}")
@@ -153,7 +153,7 @@ def split_stratified(
         seed: seed of the draw.
         num_classes: passed on to :func:`bonafide_indices`.
     """
-    labels = _as_labels(labels)
+    labels = as_labels(labels)
     if isinstance(first_size_or_fraction, bool):
         raise ConfigError(f"the first part's size must be an int or a fraction, got {first_size_or_fraction}")
     if isinstance(first_size_or_fraction, (float, np.floating)):

@@ -8,7 +8,6 @@ trigger is configured, its triggered copy (non-target images labelled with the t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,53 +17,27 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mcrobust.data.batched import batched_loader, can_batch
-from mcrobust.data.bonafide import (
-    bonafide_indices,
-    fraction_to_size,
-    read_bonafide_parts,
-    save_indices,
-    split_stratified,
-)
-from mcrobust.data.poisoning import PatchTrigger, Trigger, poison, triggered_eval_set
+from mcrobust.data.bonafide import save_indices, split_stratified
+from mcrobust.data.poisoned import PoisonSettings, poisoned_dataset, triggered_dataset
 from mcrobust.data.samplers import EpochSampler, UnpaddedShardSampler
 from mcrobust.data.sources import ArraySplit, channel_statistics, load_split
+from mcrobust.data.subsets import (
+    BonafideSettings,
+    Parts,
+    Roles,
+    check_disjoint_roles,
+    draw_parts,
+    read_parts,
+    split_holdout,
+    stratified_draw,
+)
 from mcrobust.data.transforms import ArrayDataset, cifar_augmentation
 from mcrobust.errors import ConfigError
 
+__all__ = ["BonafideSettings", "PoisonSettings", "RobustDataModule", "datamodule_of", "stack_dataset"]
+
 AUGMENTED_BY_DEFAULT = ("cifar10", "image_folder")
 BONAFIDE_FILE = "bonafide_indices.json"
-
-
-@dataclass
-class PoisonSettings:
-    """Backdoor poisoning of the training data (BadNets, all-to-one; Zhao et al. 2020).
-
-    Args:
-        trigger: the trigger stamped on poisoned and triggered evaluation images: any class with
-            apply(uint8 images) and apply_tensor([0,1] tensor), e.g. PatchTrigger, BlendTrigger, MaskedTrigger;
-            None: the paper's 3x3 white PatchTrigger.
-        target: the label every triggered image should be classified as.
-        rate: fraction of non-target training images poisoned (target-class images never are).
-        seed: seed of the choice of poisoned images.
-        after_augmentation: stamp the trigger after augmentation instead of before (the paper's code: before).
-    """
-
-    trigger: Trigger | None = None
-    target: int = 1
-    rate: float = 0.1
-    seed: int = 0
-    after_augmentation: bool = False
-
-    def __post_init__(self) -> None:
-        if self.trigger is None:
-            self.trigger = PatchTrigger()
-        if not 0.0 <= self.rate <= 1.0:
-            raise ConfigError(f"data.poison.rate must be in [0, 1] (a fraction of non-target images), got {self.rate}")
-
-    @property
-    def stamp(self) -> Trigger:
-        """The trigger in use (the default PatchTrigger when none was given)."""
-        return self.trigger if self.trigger is not None else PatchTrigger()
 
 
 class RobustDataModule(pl.LightningDataModule):
@@ -82,14 +55,8 @@ class RobustDataModule(pl.LightningDataModule):
         augment: crop+flip augmentation of training images; default on for cifar10 and image_folder.
         split_seed: seed of the digits train/test split and of the evaluation-set cap.
         train_on: 'full' trains on the (optionally poisoned) training split; 'bonafide' on the bonafide subset.
-        bonafide_size: number of bonafide images (exclusive with bonafide_fraction).
-        bonafide_fraction: bonafide size as a fraction of the pool.
-        bonafide_seed: seed of the stratified bonafide draw.
-        bonafide_pool: 'train' draws from the training split; 'test_half' (the paper's protocol) from one half of
-            the test split, the other half being the evaluation set.
-        bonafide_indices_path: read the bonafide train and holdout parts from this JSON file (a run's
-            `bonafide_indices.json`); its metadata must match this config (dataset, pool, split seed, sizes).
-        holdout_size: bonafide images held out from training, to choose a point on the path without the trigger.
+        bonafide: the bonafide subset (its size or fraction, seed, pool, indices_path, holdout_size); None: no
+            subset, and the training split is the pool.
         eval_size: evaluate on a seeded, stratified subset of this many images (None: the whole evaluation set).
         poison: backdoor settings; poisons the training split when train_on is 'full' and adds the triggered set.
         epoch_samples: training samples per epoch, tiled from the training set (the paper's fixed epoch length:
@@ -114,12 +81,7 @@ class RobustDataModule(pl.LightningDataModule):
         augment: bool | None = None,
         split_seed: int = 0,
         train_on: Literal["full", "bonafide"] = "full",
-        bonafide_size: int | None = None,
-        bonafide_fraction: float | None = None,
-        bonafide_seed: int = 0,
-        bonafide_pool: Literal["train", "test_half"] = "train",
-        bonafide_indices_path: str | None = None,
-        holdout_size: int = 0,
+        bonafide: BonafideSettings | None = None,
         eval_size: int | None = None,
         poison: PoisonSettings | None = None,
         epoch_samples: int | None = None,
@@ -127,35 +89,23 @@ class RobustDataModule(pl.LightningDataModule):
         skip_unreadable: bool = False,
     ) -> None:
         super().__init__()
-        sizes = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "bonafide_size": bonafide_size}
-        sizes["epoch_samples"] = epoch_samples
-        for key, value in {**sizes, "eval_size": eval_size, "image_size": image_size}.items():
-            if value is not None and value < 1:
-                raise ConfigError(f"data.{key} must be >= 1, got {value}")
-        if bonafide_fraction is not None and not 0 < bonafide_fraction <= 1:
-            raise ConfigError(f"data.bonafide_fraction must be in (0, 1], got {bonafide_fraction}")
-        if bonafide_size is not None and bonafide_fraction is not None:
-            raise ConfigError("set data.bonafide_size or data.bonafide_fraction, not both")
-        if train_on == "bonafide" and bonafide_size is None and bonafide_fraction is None and not bonafide_indices_path:
-            raise ConfigError("data.train_on: bonafide needs data.bonafide_size or data.bonafide_fraction")
-        if holdout_size < 0 or num_workers < 0:
-            raise ConfigError("data.holdout_size and data.num_workers must be >= 0")
+        sizes = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "epoch_samples": epoch_samples}
+        _refuse_bad_settings({**sizes, "eval_size": eval_size, "image_size": image_size}, num_workers, pipeline)
+        self.bonafide = bonafide if bonafide is not None else BonafideSettings()
+        if train_on == "bonafide" and not self.bonafide.picks_images:
+            raise ConfigError(
+                "data.train_on: bonafide needs data.bonafide.size, data.bonafide.fraction or data.bonafide.indices_path"
+            )
         self.dataset, self.root, self.download, self.image_size = dataset, root, download, image_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or 2 * batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = dataset in AUGMENTED_BY_DEFAULT if augment is None else augment
-        self.split_seed, self.train_on = split_seed, train_on
-        self.bonafide_size, self.bonafide_fraction, self.bonafide_seed = bonafide_size, bonafide_fraction, bonafide_seed
-        self.bonafide_pool, self.bonafide_indices_path = bonafide_pool, bonafide_indices_path
-        self.holdout_size, self.eval_size, self.poison = holdout_size, eval_size, poison
-        self.epoch_samples, self.skip_unreadable = epoch_samples, skip_unreadable
-        if pipeline not in ("batched", "loader"):
-            raise ConfigError(f"data.pipeline must be 'batched' or 'loader', got {pipeline!r}")
-        self.pipeline = pipeline
+        self.split_seed, self.train_on, self.eval_size, self.poison = split_seed, train_on, eval_size, poison
+        self.epoch_samples, self.pipeline, self.skip_unreadable = epoch_samples, pipeline, skip_unreadable
         self._train: ArraySplit | None = None
         self.pool: ArraySplit | None = None
         self.eval_split: ArraySplit | None = None
-        self.bonafide_parts: tuple[np.ndarray, np.ndarray] | None = None  # (train, holdout) positions in the pool
+        self.bonafide_parts: Parts | None = None  # (train, holdout) positions in the pool
         # where each pool / evaluation image comes from: (split name, position in that split), to check roles
         self.pool_origin: tuple[str, np.ndarray] = ("train", np.zeros(0, dtype=np.int64))
         self.eval_origin: tuple[str, np.ndarray] = ("test", np.zeros(0, dtype=np.int64))
@@ -175,23 +125,11 @@ class RobustDataModule(pl.LightningDataModule):
             return
         train, test = self.given_splits or self._load_splits()
         self._train = train
-        if self.bonafide_pool == "test_half":
-            pool_idx, eval_idx = split_stratified(test.labels, len(test.labels) // 2, seed=self.split_seed)
-            self.pool, evaluation = _take(test, pool_idx), _take(test, eval_idx)
-            self.pool_origin, eval_positions = ("test", pool_idx), eval_idx
-        else:
-            self.pool, evaluation = train, test
-            self.pool_origin, eval_positions = ("train", np.arange(len(train.labels))), np.arange(len(test.labels))
-        if self.eval_size is not None and self.eval_size < len(evaluation.labels):
-            keep = _named_draw("data.eval_size", evaluation.labels, self.eval_size, self.split_seed)
-            evaluation, eval_positions = _take(evaluation, keep), eval_positions[keep]
-        self.eval_split, self.eval_origin = evaluation, ("test", eval_positions)
+        self._split_pool_and_evaluation(train, test)
         if self.poison is not None and not 0 <= self.poison.target < self.num_classes:
             raise ConfigError(f"data.poison.target {self.poison.target} is not a class (0..{self.num_classes - 1})")
-        if self.bonafide_parts is None and self._legacy_index is not None:
-            self.bonafide_parts = self._split_holdout(self._legacy_index)
         if self.bonafide_parts is None:
-            self.bonafide_parts = self._bonafide_from_file() if self.bonafide_indices_path else self._draw_bonafide()
+            self.bonafide_parts = self._find_bonafide_parts()
         check_disjoint_roles(self.roles())
         self.mean, self.std = channel_statistics(self._statistics_images())
         self._write_bonafide_indices()
@@ -203,6 +141,30 @@ class RobustDataModule(pl.LightningDataModule):
         ]
         return splits[0], splits[1]
 
+    def _split_pool_and_evaluation(self, train: ArraySplit, test: ArraySplit) -> None:
+        """The bonafide pool and the evaluation set, with where each image comes from (the roles check uses it)."""
+        if self.bonafide.pool == "test_half":
+            pool_idx, eval_idx = split_stratified(test.labels, len(test.labels) // 2, seed=self.split_seed)
+            self.pool, evaluation = _take(test, pool_idx), _take(test, eval_idx)
+            self.pool_origin, eval_positions = ("test", pool_idx), eval_idx
+        else:
+            self.pool, evaluation = train, test
+            self.pool_origin, eval_positions = ("train", np.arange(len(train.labels))), np.arange(len(test.labels))
+        if self.eval_size is not None and self.eval_size < len(evaluation.labels):
+            keep = stratified_draw("data.eval_size", evaluation.labels, self.eval_size, self.split_seed)
+            evaluation, eval_positions = _take(evaluation, keep), eval_positions[keep]
+        self.eval_split, self.eval_origin = evaluation, ("test", eval_positions)
+
+    def _find_bonafide_parts(self) -> Parts | None:
+        """The bonafide (train, holdout) parts: an older checkpoint's index, the saved file, or a fresh draw."""
+        assert self.pool is not None
+        labels = self.pool.labels
+        if self._legacy_index is not None:
+            return split_holdout(self.bonafide, labels, self._legacy_index)
+        if self.bonafide.indices_path:
+            return read_parts(self.bonafide, labels, self.bonafide_metadata())
+        return draw_parts(self.bonafide, labels, self.num_classes)
+
     def _statistics_images(self) -> np.ndarray:
         """Images whose mean/std a freshly trained net normalises with: only the data it trains on."""
         assert self._train is not None and self.pool is not None
@@ -210,79 +172,21 @@ class RobustDataModule(pl.LightningDataModule):
             return self.pool.images[self.bonafide_parts[0]]
         return self._train.images
 
-    def _draw_bonafide(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """A fresh seeded, stratified bonafide subset, split into (train, holdout) positions in the pool."""
-        assert self.pool is not None
-        size = self.bonafide_size
-        if size is None and self.bonafide_fraction is not None:
-            size = fraction_to_size(self.bonafide_fraction, len(self.pool.labels))
-        if size is None:
-            return None
-        chosen = bonafide_indices(self.pool.labels, size, seed=self.bonafide_seed, num_classes=self.num_classes)
-        return self._split_holdout(chosen)
-
     def bonafide_metadata(self) -> dict[str, Any]:
         """What defines the bonafide parts: written beside the indices and checked when they are read back."""
         assert self.pool is not None
         sizes = (0, 0) if self.bonafide_parts is None else tuple(len(p) for p in self.bonafide_parts)
         return {
             "dataset": self.dataset,
-            "pool": self.bonafide_pool,
+            "pool": self.bonafide.pool,
             "pool_size": len(self.pool.labels),
             "split_seed": self.split_seed,
-            "bonafide_seed": self.bonafide_seed,
+            "bonafide_seed": self.bonafide.seed,
             "train_size": sizes[0],
             "holdout_size": sizes[1],
         }
 
-    def _bonafide_from_file(self) -> tuple[np.ndarray, np.ndarray]:
-        """Read (train, holdout) from `bonafide_indices_path`, refusing a file made for another pool or config."""
-        assert self.pool is not None and self.bonafide_indices_path
-        path = self.bonafide_indices_path
-        parts, meta = read_bonafide_parts(path)
-        expected = self.bonafide_metadata()
-        for key in ("dataset", "pool", "pool_size", "split_seed"):
-            if key in meta and meta[key] != expected[key]:
-                raise ConfigError(
-                    f"data.bonafide_indices_path {path} was written for {key}={meta[key]!r}, this config has "
-                    f"{expected[key]!r}; use the indices of a run with the same data settings"
-                )
-        if "holdout_size" in meta and self.holdout_size and meta["holdout_size"] != self.holdout_size:
-            raise ConfigError(
-                f"data.bonafide_indices_path {path} holds out {meta['holdout_size']} images but data.holdout_size is "
-                f"{self.holdout_size}; set data.holdout_size {meta['holdout_size']} (or 0 to take the file's split)"
-            )
-        train, holdout = parts
-        everything = train if holdout is None else np.concatenate([train, holdout])
-        if len(everything) and everything.max() >= len(self.pool.labels):
-            raise ConfigError(
-                f"data.bonafide_indices_path {path} has index {int(everything.max())}, beyond the pool of "
-                f"{len(self.pool.labels)} images; use the indices of a run on this data set"
-            )
-        return self._split_holdout(train) if holdout is None else (train, holdout)  # None: an older, unsplit file
-
-    def _split_holdout(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hold `holdout_size` of `chosen` out; the part trained on is the stratified, seeded draw."""
-        assert self.pool is not None
-        if self.holdout_size == 0:
-            return chosen, chosen[:0]
-        if self.holdout_size >= len(chosen):
-            raise ConfigError(
-                f"data.holdout_size {self.holdout_size} leaves none of the {len(chosen)} bonafide images to train on; "
-                "choose a smaller data.holdout_size"
-            )
-        labels = self.pool.labels[chosen]
-        try:
-            rest, held = split_stratified(labels, len(chosen) - self.holdout_size, seed=self.bonafide_seed)
-        except ConfigError:
-            raise ConfigError(
-                f"data.holdout_size {self.holdout_size} leaves {len(chosen) - self.holdout_size} of the "
-                f"{len(chosen)} bonafide images to train on, too few to give every class one; choose a smaller "
-                "data.holdout_size or a larger data.bonafide_size"
-            ) from None
-        return chosen[rest], chosen[held]
-
-    def roles(self) -> dict[str, tuple[str, np.ndarray]]:
+    def roles(self) -> Roles:
         """Every image role of this run as (split, positions in that split); they must be pairwise disjoint."""
         split, origin = self.pool_origin
         roles = {"evaluation set": self.eval_origin}
@@ -291,11 +195,11 @@ class RobustDataModule(pl.LightningDataModule):
             roles["holdout set"] = (split, origin[self.bonafide_parts[1]])
         return roles
 
-    def check_roles(self, extra: dict[str, tuple[str, np.ndarray]] | None = None) -> None:
+    def check_roles(self, extra: Roles | None = None) -> None:
         """Refuse a run in which an image plays two roles (e.g. an injection target that is also bonafide data)."""
         check_disjoint_roles({**self.roles(), **(extra or {})})
 
-    def reserve_for_injection(self, roles: dict[str, tuple[str, np.ndarray]]) -> None:
+    def reserve_for_injection(self, roles: Roles) -> None:
         """Take an injection's target and keep images out of the clean evaluation set (each image one role).
 
         The injection draws them from the evaluation half; clean accuracy is then measured on the rest of it. Images
@@ -340,7 +244,7 @@ class RobustDataModule(pl.LightningDataModule):
         elif state_dict.get("bonafide_index") is not None:  # a checkpoint of an older version: split it here
             self._legacy_index = np.asarray(state_dict["bonafide_index"], dtype=np.int64)
             if self.pool is not None:
-                self.bonafide_parts = self._split_holdout(self._legacy_index)
+                self.bonafide_parts = split_holdout(self.bonafide, self.pool.labels, self._legacy_index)
 
     @property
     def bonafide_index(self) -> np.ndarray | None:
@@ -354,10 +258,10 @@ class RobustDataModule(pl.LightningDataModule):
         split = self.eval_split or self._train
         return 10 if split is None else len(split.classes)
 
-    def _bonafide_parts(self) -> tuple[np.ndarray, np.ndarray]:
+    def _bonafide_parts(self) -> Parts:
         """Bonafide pool positions split into (train, holdout)."""
         if self.bonafide_parts is None:
-            raise ConfigError("no bonafide subset: set data.bonafide_size or data.bonafide_fraction")
+            raise ConfigError("no bonafide subset: set data.bonafide.size or data.bonafide.fraction")
         return self.bonafide_parts
 
     def bonafide_dataset(self, part: Literal["all", "train", "holdout"] = "train") -> ArrayDataset:
@@ -377,24 +281,14 @@ class RobustDataModule(pl.LightningDataModule):
         images, labels = self._train.images, self._train.labels
         if self.poison is None:
             return ArrayDataset(images, labels, transform)
-        settings = self.poison
-        poisoned = poison(images, labels, settings.stamp, settings.target, settings.rate, settings.seed)
-        if settings.after_augmentation:
-            late_labels = labels.copy()
-            late_labels[poisoned.indices] = settings.target
-            return ArrayDataset(images, late_labels, transform, settings.stamp.apply_tensor, poisoned.indices)
-        return ArrayDataset(poisoned.images, poisoned.labels, transform)
+        return poisoned_dataset(images, labels, self.poison, transform)
 
     def eval_datasets(self) -> dict[str, ArrayDataset]:
         """Evaluation sets by name: 'clean' and, with a trigger, 'triggered'."""
         assert self.eval_split is not None
         sets = {"clean": ArrayDataset(self.eval_split.images, self.eval_split.labels)}
         if self.poison is not None:
-            images, labels, source = triggered_eval_set(
-                self.eval_split.images, self.eval_split.labels, self.poison.stamp, self.poison.target
-            )
-            true = self.eval_split.labels[source]
-            sets["triggered"] = ArrayDataset(images, labels, indices=source, true_labels=true)
+            sets["triggered"] = triggered_dataset(self.eval_split.images, self.eval_split.labels, self.poison)
         return sets
 
     # ---------------------------------------------------------------------------------------------- loaders
@@ -471,30 +365,15 @@ class RobustDataModule(pl.LightningDataModule):
         return self._loader(dataset, self.eval_batch_size, shard=True)
 
 
-def _named_draw(setting: str, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A stratified draw whose size error names the setting that asked for it (not "bonafide size")."""
-    try:
-        return bonafide_indices(labels, size, seed=seed)
-    except ConfigError as error:
-        raise ConfigError(f"{setting} {size}: {str(error).replace(f'bonafide size {size} ', '')}") from None
-
-
-def check_disjoint_roles(roles: dict[str, tuple[str, np.ndarray]]) -> None:
-    """Every image plays one role (bonafide train, holdout, evaluation, injection sets): refuse any overlap.
-
-    Raises:
-        ConfigError: naming the two sets and how many images they share.
-    """
-    names = list(roles)
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            (split_a, index_a), (split_b, index_b) = roles[first], roles[second]
-            shared = np.intersect1d(index_a, index_b).size if split_a == split_b else 0
-            if shared:
-                raise ConfigError(
-                    f"the {first} and the {second} share {shared} images of the {split_a} split; every image may "
-                    "play one role only (draw them from disjoint parts, e.g. data.bonafide_pool: test_half)"
-                )
+def _refuse_bad_settings(sizes: dict[str, int | None], num_workers: int, pipeline: str) -> None:
+    """One-line ConfigErrors for sizes below 1, negative workers and an unknown pipeline."""
+    for key, value in sizes.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {value}")
+    if num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+    if pipeline not in ("batched", "loader"):
+        raise ConfigError(f"data.pipeline must be 'batched' or 'loader', got {pipeline!r}")
 
 
 def _take(split: ArraySplit, index: np.ndarray) -> ArraySplit:
@@ -504,3 +383,12 @@ def _take(split: ArraySplit, index: np.ndarray) -> ArraySplit:
 def stack_dataset(dataset: ArrayDataset, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
     """Images, labels and indices of a whole (small) data set as tensors on `device`."""
     return tuple(t.to(device) for t in dataset.tensors())
+
+
+def datamodule_of(trainer: Any) -> Any:
+    """The trainer's data module, a `RobustDataModule` in mcrobust's runs, or None.
+
+    Lightning sets the attribute dynamically, so type checkers cannot see it; systems and callbacks both read it
+    through here.
+    """
+    return getattr(trainer, "datamodule", None)

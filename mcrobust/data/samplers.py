@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.utils.data import DistributedSampler
 
+from mcrobust.utils.seeding import Stream, generator_for
+
 
 class UnpaddedShardSampler(DistributedSampler):
     """Rank r reads items r, r + W, r + 2W, ...: every item exactly once over all ranks.
@@ -56,7 +58,7 @@ class EpochSampler(DistributedSampler):
 
     def global_order(self) -> torch.Tensor:
         """This epoch's order over all ranks: whole permutations of the set, tiled and cut to total_size."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = generator_for(self.seed, Stream.EPOCH_ORDER, self.epoch)
         passes = -(-self.total_size // self.size) if self.size else 0
         orders = [torch.randperm(self.size, generator=generator) for _ in range(passes)]
         return torch.cat(orders)[: self.total_size] if orders else torch.empty(0, dtype=torch.long)

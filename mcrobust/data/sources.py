@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mcrobust.errors import ConfigError, DataError
+from mcrobust.io.trust import NUMPY_ARRAYS, RestrictedUnpickler, refused_global
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -38,31 +39,16 @@ class ArraySplit:
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only: a data file must never run code."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name}")
-        return super().find_class(module, name)
-
-
 def _read_cifar_batch(path: Path) -> dict:
     try:
         with path.open("rb") as handle:
-            batch = _ArraysOnlyUnpickler(handle, encoding="latin1").load()
-    except pickle.UnpicklingError as error:
-        raise DataError(f"{path} is not a plain CIFAR-10 batch (it needs {error} to unpickle); refusing it") from None
-    except (EOFError, OSError, ValueError) as error:
+            batch = RestrictedUnpickler(handle, NUMPY_ARRAYS, encoding="latin1").load()  # never runs the file's code
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
+        needs = refused_global(error)
+        if needs is not None:
+            raise DataError(
+                f"{path} is not a plain CIFAR-10 batch (it needs {needs} to unpickle); refusing it"
+            ) from None
         raise DataError(f"{path} is truncated or corrupt ({error}); delete it and download again") from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")

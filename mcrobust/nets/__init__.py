@@ -6,7 +6,8 @@ from mcrobust.nets.preresnet import PreResNet
 from mcrobust.nets.registry import create_net, list_nets, register_net
 from mcrobust.nets.resnet import ResNet18
 from mcrobust.nets.tiny import TinyNet
-from mcrobust.nets.vgg import VGG, vgg16, vgg16_bn
+from mcrobust.nets.vgg import VGG, vgg16, vgg16_bn, vgg_small_bn
+from mcrobust.nets.wideresnet import WideResNet
 
 __all__ = [
     "VGG",
@@ -15,6 +16,7 @@ __all__ = [
     "PreResNet",
     "ResNet18",
     "TinyNet",
+    "WideResNet",
     "adapt_net",
     "create_net",
     "find_normalize",
@@ -25,4 +27,5 @@ __all__ = [
     "unwrap_state_dict",
     "vgg16",
     "vgg16_bn",
+    "vgg_small_bn",
 ]

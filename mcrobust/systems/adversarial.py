@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mcrobust.attacks import PGD, AutoAttack
 from mcrobust.systems.endpoint import EndpointSystem
+from mcrobust.threats.evasion import PGD, AutoAttack
+from mcrobust.utils.seeding import Stream, derived_seed
 
 
 class AdversarialSystem(EndpointSystem):
@@ -44,7 +45,7 @@ class AdversarialSystem(EndpointSystem):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         index = batch[2] if len(batch) > 2 else None
-        self.train_attack.seed = self._train_seed + 1_000_003 * self.current_epoch
+        self.train_attack.seed = derived_seed(self._train_seed, Stream.TRAIN_ATTACK, self.current_epoch)
         x_adv = self.train_attack(self.net, x, y, index)
         logits = self.net(x_adv)
         loss = F.cross_entropy(logits, y)

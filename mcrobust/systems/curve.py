@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mcrobust.attacks import PGD, AutoAttack
-from mcrobust.batchnorm import recompute_bn
-from mcrobust.checkpoints import load_weights
-from mcrobust.curves import CurveModel
 from mcrobust.errors import ConfigError
-from mcrobust.systems.classification import ClassificationSystem
+from mcrobust.io.checkpoints import load_weights
+from mcrobust.paths.batchnorm import recompute_bn
+from mcrobust.paths.curves import CurveModel
+from mcrobust.systems.base import ClassificationSystem
+from mcrobust.threats.evasion import PGD, AutoAttack
+from mcrobust.utils.seeding import Stream, generator_for
 
 
 class _WeightDecayGradient(torch.autograd.Function):
@@ -48,8 +49,7 @@ def with_weight_decay(weights: dict[str, torch.Tensor], weight_decay: float) -> 
 
 def step_t(seed: int, step: int, rank: int) -> float:
     """t ~ U(0,1) for one training step, a pure function of (seed, step, rank): resumed runs draw the same t."""
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1))
-    return float(torch.rand((), generator=generator))
+    return float(torch.rand((), generator=generator_for(seed, Stream.CURVE_T, step, rank)))
 
 
 def t_seed(seed: int | None) -> int:
@@ -89,7 +89,7 @@ class CurveSystem(ClassificationSystem):
         fix_start: keep the start endpoint fixed.
         fix_end: keep the end endpoint fixed.
         optimizer: optimizer factory (the paper: SGD lr 0.01 momentum 0.9, no weight decay of its own).
-        scheduler: learning-rate scheduler factory (the paper's: `mcrobust.schedules.PaperSchedule`).
+        scheduler: learning-rate scheduler factory (the paper's: `mcrobust.utils.schedules.PaperSchedule`).
         weight_decay: coefficient of the L2 penalty on w(t) (the paper: 1e-4).
         val_t: the point measured by validation and test.
         seed: seed of the per-step t draws; None (default) follows `seed_everything` (the global seed Lightning

@@ -8,9 +8,9 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mcrobust.attacks import PGD, AutoAttack
-from mcrobust.checkpoints import load_weights
-from mcrobust.systems.classification import ClassificationSystem
+from mcrobust.io.checkpoints import load_weights
+from mcrobust.systems.base import ClassificationSystem
+from mcrobust.threats.evasion import PGD, AutoAttack
 
 
 class EndpointSystem(ClassificationSystem):

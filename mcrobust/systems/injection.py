@@ -8,11 +8,12 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from mcrobust.attacks import PGD, AutoAttack
-from mcrobust.checkpoints import load_weights
+from mcrobust.data.datamodules import datamodule_of
 from mcrobust.errors import ConfigError
-from mcrobust.injection import InjectionSets, choose_injection_sets, inject_errors
-from mcrobust.systems.classification import ClassificationSystem, datamodule_of
+from mcrobust.io.checkpoints import load_weights
+from mcrobust.systems.base import ClassificationSystem
+from mcrobust.threats.evasion import PGD, AutoAttack
+from mcrobust.threats.injection import InjectionSets, choose_injection_sets, inject_errors
 
 SETS_FILE = "injection_sets.pt"
 

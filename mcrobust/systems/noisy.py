@@ -1,44 +1,38 @@
 """`NoisySystem`: the noisy-model baseline (Zhao et al. 2020), the endpoints' midpoint plus Gaussian noise.
 
 Nothing trains: `mcrobust test --config configs/experiments/baseline_noisy_<setting>.yaml` draws `num_draws`
-seeded models, recomputes each one's BatchNorm statistics on the bonafide data, evaluates it and logs the mean and
-the spread over draws.
+seeded models and the `mcrobust.callbacks.NoisyEvaluation` callback (in `configs/parts/systems/noisy.yaml`)
+recomputes each one's BatchNorm statistics on the bonafide data, evaluates it and logs the mean and the spread over
+draws. The system holds the model: the endpoints, the noise scale and how draw k is made.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from mcrobust.attacks import PGD, AutoAttack
-from mcrobust.baselines import draw_generator, noisy_weights
-from mcrobust.batchnorm import recompute_bn
-from mcrobust.checkpoints import load_weights
+from mcrobust.defenses.noisy import draw_generator, noisy_weights
 from mcrobust.errors import ConfigError
-from mcrobust.evaluation import PointEvaluator
-from mcrobust.systems.classification import ClassificationSystem
-from mcrobust.tables import write_csv
+from mcrobust.io.checkpoints import load_weights
+from mcrobust.systems.base import ClassificationSystem
+from mcrobust.threats.evasion import PGD, AutoAttack
 
-DRAWS_FILE = "noisy_draws.csv"
-LOG_NAMES = {"clean_acc": "acc", "clean_loss": "loss"}
-"""PointEvaluator columns renamed to the systems' log keys (`test/acc`, `test/loss`); the others keep their name."""
+MISSING_EVALUATION = (
+    "the noisy baseline's draws are evaluated by the NoisyEvaluation callback: add "
+    "`- class_path: mcrobust.callbacks.NoisyEvaluation` to trainer.callbacks (configs/parts/systems/noisy.yaml has "
+    "it), or `callbacks=[NoisyEvaluation()]` to a Trainer in Python"
+)
 
 
 class NoisySystem(ClassificationSystem):
-    """Evaluates `num_draws` noisy midpoints of two endpoints and logs `test/<metric>` (mean) and `_std` over draws.
+    """`num_draws` noisy midpoints of two endpoints, evaluated by the `NoisyEvaluation` callback.
 
-    Draw k is `mcrobust.baselines.noisy_weights(start, end, scale)` from a CPU generator seeded by (seed, k), so
-    every rank, device and rerun sees the same weights. Its BN statistics are recomputed on the bonafide training
-    images (`datamodule.bn_dataloader()`, the full set on every rank), then `PointEvaluator` measures it on the
-    sharded evaluation sets and sums over ranks with torchmetrics: the same code, and so the same numbers, as a
-    point of a path. Keys: `test/acc`, `test/loss`, `test/asr` (with a trigger), `test/robust_acc` and
-    `test/robust_loss` (with `eval_attack`), each with `_std` (sample std over draws, ddof=1; 0 for one draw).
-    Each draw's row is also written to `noisy_draws.csv` in the log dir. The draws run one after another through
-    `net` (one network in memory), which holds the last draw afterwards; `mcrobust validate` logs `val/...` alike.
+    Draw k is `mcrobust.defenses.noisy.noisy_weights(start, end, scale)` from a CPU generator seeded by (seed, k), so
+    every rank, device and rerun sees the same weights. `NoisyEvaluation` loads each draw into `net`, recomputes its
+    BN statistics and logs `test/<metric>` (mean over draws) and `test/<metric>_std`; `eval_attack` adds
+    `test/robust_acc` and `test/robust_loss`. The system refuses to run without that callback.
 
     Args:
         net: the architecture of both endpoints.
@@ -67,10 +61,7 @@ class NoisySystem(ClassificationSystem):
             raise ConfigError(f"model.scale must be >= 0, got {scale}")
         self.start, self.end = start, end
         self.scale, self.num_draws, self.seed = scale, num_draws, seed
-        self.evaluator = PointEvaluator(attack=eval_attack)
         self.endpoints: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
-        self.draw_rows: list[dict[str, float]] = []
-        self.summary: dict[str, float] = {}
         self.save_plain_hyperparameters()
 
     def setup(self, stage: str) -> None:
@@ -80,63 +71,31 @@ class NoisySystem(ClassificationSystem):
                 "`mcrobust test --config <file>` (model.init_args.start and end name the endpoints)"
             )
         super().setup(stage)
+        # the callback layer sits above systems, so the callback is recognised by its method, not by its class
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+        if not any(callable(getattr(callback, "evaluate_draws", None)) for callback in callbacks):
+            raise ConfigError(MISSING_EVALUATION)
+        self.endpoints = self.read_endpoints()  # read at every start: start and end may have been changed
+
+    def read_endpoints(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The two endpoints' weights, as the keys and shapes of `net`."""
         if not self.start or not self.end:
             raise ConfigError(
                 "the noisy baseline needs both endpoints: set model.init_args.start and model.init_args.end"
             )
-        self.endpoints = load_weights(self.start, self.net), load_weights(self.end, self.net)
+        return load_weights(self.start, self.net), load_weights(self.end, self.net)
+
+    def draw(self, index: int) -> dict[str, torch.Tensor]:
+        """The weights (a state_dict of `net`) of draw `index`: only parameters get noise, buffers the midpoint."""
+        if self.endpoints is None:  # used outside a Trainer
+            self.endpoints = self.read_endpoints()
+        parameters = {name for name, _ in self.net.named_parameters()}
+        generator = draw_generator(self.seed, index)
+        return noisy_weights(*self.endpoints, scale=self.scale, generator=generator, parameters=parameters)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Nothing per batch: every draw is evaluated in full at the end of the epoch."""
+        """Nothing per batch: NoisyEvaluation evaluates every draw in full at the end of the epoch."""
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Nothing per batch: every draw is evaluated in full at the end of the epoch."""
-
-    def on_validation_epoch_end(self) -> None:
-        self.evaluate_draws("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.evaluate_draws("test")
-
-    def evaluate_draws(self, stage: str) -> dict[str, float]:
-        """Draw, recompute BN, evaluate, `num_draws` times; log and return the mean and std of every metric."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or self.endpoints is None:
-            raise ConfigError("the noisy baseline runs under `mcrobust test` with the RobustDataModule")
-        sets = {name: datamodule.eval_dataloader(data) for name, data in datamodule.eval_datasets().items()}
-        bn_loader = datamodule.bn_dataloader()
-        parameters = {name for name, _ in self.net.named_parameters()}
-        show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
-        rows = []
-        for draw in tqdm(range(self.num_draws), desc="noisy draws", disable=not show):
-            generator = draw_generator(self.seed, draw)
-            state = noisy_weights(*self.endpoints, scale=self.scale, generator=generator, parameters=parameters)
-            self.net.load_state_dict(state)
-            recompute_bn(self.net, bn_loader, device=self.device)
-            rows.append({"draw": draw, **self.evaluator.evaluate(self.net, sets, device=self.device)})
-        self.draw_rows = rows
-        self.summary = summarize_draws(rows, stage)
-        for key, value in self.summary.items():
-            # equal on every rank already; sync_dist averages equal numbers (exact) and keeps Lightning quiet
-            self.log(key, value, sync_dist=True, add_dataloader_idx=False)
-        self.write_draws(rows)
-        return self.summary
-
-    def write_draws(self, rows: list[dict[str, float]]) -> None:
-        """Each draw's metrics to `noisy_draws.csv` in the log dir (rank 0)."""
-        folder = self.trainer.log_dir
-        if self.trainer.is_global_zero and folder:
-            write_csv(Path(folder) / DRAWS_FILE, rows, list(rows[0]))
-
-
-def summarize_draws(rows: list[dict[str, float]], stage: str) -> dict[str, float]:
-    """`{stage}/{metric}` (mean over draws) and `{stage}/{metric}_std` (ddof=1; 0 for a single draw)."""
-    summary: dict[str, float] = {}
-    for column in [name for name in rows[0] if name != "draw"]:
-        values = torch.tensor([row[column] for row in rows], dtype=torch.float64)
-        key = f"{stage}/{LOG_NAMES.get(column, column)}"
-        summary[key] = float(values.mean())
-        summary[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
-    summary[f"{stage}/num_draws"] = float(len(rows))
-    return summary
+        """Nothing per batch: NoisyEvaluation evaluates every draw in full at the end of the epoch."""

@@ -10,31 +10,31 @@ import pytorch_lightning as pl
 import torch
 from scipy import stats
 
-from mcrobust.attacks import PGD
+from mcrobust.analysis.evaluation import PointEvaluator
 from mcrobust.callbacks import ExportPoint, PathEvaluation
 from mcrobust.callbacks.path_evaluation import COLUMNS, run_title, t_grid
-from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+from mcrobust.data.datamodules import BonafideSettings, PoisonSettings, RobustDataModule
 from mcrobust.errors import ConfigError
+from mcrobust.io.tables import read_csv
 from mcrobust.nets import TinyNet
 from mcrobust.systems import CurveSystem, EndpointSystem
-from mcrobust.tables import read_csv
 from mcrobust.testing import quiet_trainer
+from mcrobust.threats.evasion import PGD
 
 T_VALUES = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def datamodule() -> RobustDataModule:
+    bonafide = BonafideSettings(size=150, holdout_size=30)
     return RobustDataModule(
-        batch_size=32, train_on="bonafide", bonafide_size=150, holdout_size=30, eval_size=120, poison=PoisonSettings()
+        batch_size=32, train_on="bonafide", bonafide=bonafide, eval_size=120, poison=PoisonSettings()
     )
 
 
 def callback(tmp_path, **kwargs) -> PathEvaluation:
     settings = dict(
         t_values=T_VALUES,
-        attack=PGD(eps=4 / 255, alpha=1 / 255, steps=3),
-        hessian_samples=8,
-        hessian_iters=10,
+        evaluator=PointEvaluator(attack=PGD(eps=4 / 255, alpha=1 / 255, steps=3), hessian_samples=8, hessian_iters=10),
         dirpath=str(tmp_path),
     )
     return PathEvaluation(**{**settings, **kwargs})
@@ -98,7 +98,7 @@ def test_endpoint_rows_equal_the_endpoints_own_test_metrics(one_process, tiny_en
     rows = read_csv(out / "path_metrics.csv")
     for row, name in ((rows[0], "a"), (rows[-1], "b")):
         system = EndpointSystem(TinyNet(width=16), init_weights=str(tiny_endpoints[name]))
-        from mcrobust.checkpoints import load_weights
+        from mcrobust.io.checkpoints import load_weights
 
         system.net.load_state_dict(load_weights(tiny_endpoints[name], template=system.net))
         results = make_trainer(tmp_path, []).test(system, datamodule(), verbose=False)
@@ -113,7 +113,7 @@ def test_the_test_loop_measures_the_selected_point_that_export_writes(path_ckpt,
     """test/* (the results box, TensorBoard) describe the exported t, not the configured val_t."""
     system = load(path_ckpt)
     system.val_t = 0.9  # not on the grid, so never the selected t
-    sweep, export = callback(tmp_path, attack=None, hessian_samples=0), ExportPoint(dirpath=str(tmp_path))
+    sweep, export = callback(tmp_path, evaluator=None), ExportPoint(dirpath=str(tmp_path))
     results = make_trainer(tmp_path, [sweep, export]).test(system, datamodule(), verbose=False)
     metrics = {key: value for result in results for key, value in result.items()}
     selected = sweep.summary["selected_t"]
@@ -197,7 +197,7 @@ class CountingPGD(PGD):
 def test_holdout_is_measured_for_clean_accuracy_only(path_ckpt, tmp_path):
     """The paper's protocol: PGD and the Hessian run on the evaluation set, never on the held-out images."""
     CountingPGD.attacked = 0
-    evaluation = callback(tmp_path, attack=CountingPGD(eps=4 / 255, alpha=1 / 255, steps=1), hessian_samples=0)
+    evaluation = callback(tmp_path, evaluator=PointEvaluator(attack=CountingPGD(eps=4 / 255, alpha=1 / 255, steps=1)))
     make_trainer(tmp_path, [evaluation]).test(CurveSystem(TinyNet(width=16)), datamodule(), ckpt_path=str(path_ckpt))
     assert all(row["holdout_acc"] is not None for row in evaluation.rows)
     assert CountingPGD.attacked == len(T_VALUES) * 120  # eval_size images per t, not one held-out image more

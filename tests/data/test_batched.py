@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader
 
 from mcrobust.data.batched import BatchedArrays, EpochBatchSampler, batched_loader
 from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
-from mcrobust.data.poisoning import PatchTrigger
 from mcrobust.data.samplers import EpochSampler, UnpaddedShardSampler
 from mcrobust.data.transforms import ArrayDataset, cifar_augmentation
 from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
 from mcrobust.systems import EndpointSystem
 from mcrobust.testing import quiet_trainer
+from mcrobust.threats.triggers import PatchTrigger
 
 
 def arrays(count: int = 37, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,14 +15,16 @@ from PIL import Image
 
 from mcrobust.cli import resolved_config
 from mcrobust.data.bonafide import save_indices
-from mcrobust.data.datamodules import RobustDataModule, check_disjoint_roles
+from mcrobust.data.datamodules import BonafideSettings, RobustDataModule
+from mcrobust.data.subsets import check_disjoint_roles
 from mcrobust.errors import ConfigError, DataError
-from mcrobust.injection import InjectionSets
+from mcrobust.threats.injection import InjectionSets
 from tests.conftest import write_cifar10, write_svhn
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
-DATA_KEYS = ("dataset", "bonafide_pool", "split_seed", "bonafide_size", "bonafide_seed", "holdout_size", "batch_size")
+DATA_KEYS = ("dataset", "bonafide.pool", "split_seed", "bonafide.size", "bonafide.seed", "bonafide.holdout_size")
+DATA_KEYS += ("batch_size",)
 SCALE = 25  # CIFAR/SVHN sizes 2500/250 become 100/10 on the fabricated sets
 
 
@@ -61,15 +63,22 @@ def data_settings(config: Path) -> dict:
     return data
 
 
+def setting(data: dict, key: str) -> object:
+    """A data setting by its dotted name below `data` ('bonafide.size'); None when it or its section is unset."""
+    section, _, name = key.rpartition(".")
+    return ((data.get(section) or {}) if section else data).get(name)
+
+
 def build(config: Path, roots: dict[str, Path]) -> RobustDataModule:
     data = data_settings(config)
+    bonafide = dict(data.pop("bonafide") or {})
     if data["dataset"] != "digits":
         data.update(root=str(roots[data["dataset"]]), download=False, num_workers=0)
-        for key in ("bonafide_size", "holdout_size"):
-            if data.get(key):
-                data[key] = max(1, data[key] // SCALE)
+        for key in ("size", "holdout_size"):
+            if bonafide.get(key):
+                bonafide[key] = max(1, bonafide[key] // SCALE)
     data.pop("image_size", None)
-    datamodule = RobustDataModule(**data)
+    datamodule = RobustDataModule(**data, bonafide=BonafideSettings(**bonafide) if bonafide else None)
     datamodule.setup("fit")
     return datamodule
 
@@ -94,7 +103,7 @@ def test_every_image_plays_one_role(config, roots):
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             assert not roles[first] & roles[second], f"{config.stem}: {first} and {second} share images"
-    if datamodule.bonafide_pool == "test_half":
+    if datamodule.bonafide.pool == "test_half":
         assert roles["evaluation"] and all(split == "test" for split, _ in roles["evaluation"])
 
 
@@ -117,7 +126,8 @@ def test_path_and_baselines_train_on_the_same_images_with_the_same_budget(repair
     for baseline in baselines:
         data = data_settings(baseline)
         for key in DATA_KEYS:
-            assert data.get(key) == path_data.get(key), f"{baseline.stem}: data.{key} differs from {repair.stem}"
+            same = setting(data, key) == setting(path_data, key)
+            assert same, f"{baseline.stem}: data.{key} differs from {repair.stem}"
         module = build(baseline, roots)
         np.testing.assert_array_equal(module.bonafide_parts[0], path_module.bonafide_parts[0])
         np.testing.assert_array_equal(module.train_dataset().indices.numpy(), path_module.bonafide_parts[0])
@@ -158,7 +168,7 @@ def test_overlapping_roles_are_refused_with_both_names_and_the_count():
 
 
 def test_injection_targets_drawn_from_the_training_pool_clash_with_bonafide_data():
-    datamodule = RobustDataModule(train_on="bonafide", bonafide_size=100, holdout_size=20)
+    datamodule = RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(size=100, holdout_size=20))
     datamodule.setup("fit")
     train_positions = datamodule.bonafide_parts[0]
     import torch
@@ -175,14 +185,14 @@ def test_injection_targets_drawn_from_the_training_pool_clash_with_bonafide_data
 
 # ------------------------------------------------------------------------------------- the saved bonafide parts
 def test_indices_file_keeps_both_parts_and_is_read_back_exactly(tmp_path):
-    first = RobustDataModule(train_on="bonafide", bonafide_size=120, holdout_size=30, bonafide_seed=4)
+    first = RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(size=120, holdout_size=30, seed=4))
     first.setup("fit")
     train, holdout = first.bonafide_parts
     path = tmp_path / "bonafide_indices.json"
     save_indices(
         path, first.bonafide_index, {**first.bonafide_metadata(), "train": train.tolist(), "holdout": holdout.tolist()}
     )
-    again = RobustDataModule(train_on="bonafide", bonafide_indices_path=str(path), holdout_size=30)
+    again = RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(indices_path=str(path), holdout_size=30))
     again.setup("fit")
     np.testing.assert_array_equal(again.bonafide_parts[0], train)
     np.testing.assert_array_equal(again.bonafide_parts[1], holdout)
@@ -190,18 +200,16 @@ def test_indices_file_keeps_both_parts_and_is_read_back_exactly(tmp_path):
 
 
 def test_indices_of_another_pool_are_refused(tmp_path, roots):
-    half = RobustDataModule(
-        dataset="cifar10", root=str(roots["cifar10"]), train_on="bonafide", bonafide_pool="test_half", bonafide_size=40
-    )
+    bonafide = BonafideSettings(pool="test_half", size=40)
+    half = RobustDataModule(dataset="cifar10", root=str(roots["cifar10"]), train_on="bonafide", bonafide=bonafide)
     half.setup("fit")
     path = tmp_path / "bonafide_indices.json"
     save_indices(
         path, half.bonafide_index, {**half.bonafide_metadata(), "train": half.bonafide_parts[0].tolist(), "holdout": []}
     )
-    other = RobustDataModule(
-        dataset="cifar10", root=str(roots["cifar10"]), train_on="bonafide", bonafide_indices_path=str(path)
-    )
-    with pytest.raises(ConfigError, match=r"data.bonafide_indices_path .* written for pool='test_half'"):
+    bonafide = BonafideSettings(indices_path=str(path))
+    other = RobustDataModule(dataset="cifar10", root=str(roots["cifar10"]), train_on="bonafide", bonafide=bonafide)
+    with pytest.raises(ConfigError, match=r"data.bonafide.indices_path .* written for pool='test_half'"):
         other.setup("fit")
 
 
@@ -217,20 +225,20 @@ def test_indices_of_another_pool_are_refused(tmp_path, roots):
 def test_broken_indices_files_are_refused(tmp_path, payload, error, match):
     path = tmp_path / "bonafide_indices.json"
     path.write_text(__import__("json").dumps(payload))
-    datamodule = RobustDataModule(train_on="bonafide", bonafide_indices_path=str(path))
+    datamodule = RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(indices_path=str(path)))
     with pytest.raises(error, match=match):
         datamodule.setup("fit")
 
 
 def test_indices_path_that_is_a_folder_is_refused(tmp_path):
-    datamodule = RobustDataModule(train_on="bonafide", bonafide_indices_path=str(tmp_path))
+    datamodule = RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(indices_path=str(tmp_path)))
     with pytest.raises(DataError, match="is a folder"):
         datamodule.setup("fit")
 
 
 def test_oversized_holdout_and_eval_sizes_name_their_setting():
-    with pytest.raises(ConfigError, match="data.holdout_size 175 leaves 5 of the 180"):
-        RobustDataModule(train_on="bonafide", bonafide_size=180, holdout_size=175).setup("fit")
+    with pytest.raises(ConfigError, match="data.bonafide.holdout_size 175 leaves 5 of the 180"):
+        RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(size=180, holdout_size=175)).setup("fit")
     with pytest.raises(ConfigError, match="data.eval_size 5"):
         RobustDataModule(eval_size=5).setup("fit")
 
@@ -238,7 +246,7 @@ def test_oversized_holdout_and_eval_sizes_name_their_setting():
 def test_from_scratch_normalisation_uses_only_the_bonafide_training_images():
     from mcrobust.data.sources import channel_statistics
 
-    datamodule = RobustDataModule(train_on="bonafide", bonafide_size=60, holdout_size=10)
+    datamodule = RobustDataModule(train_on="bonafide", bonafide=BonafideSettings(size=60, holdout_size=10))
     datamodule.setup("fit")
     expected = channel_statistics(datamodule.pool.images[datamodule.bonafide_parts[0]])
     assert datamodule.mean == expected[0] and datamodule.std == expected[1]

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
-from mcrobust.data.poisoning import PatchTrigger
+from mcrobust.data.datamodules import BonafideSettings, PoisonSettings, RobustDataModule
 from mcrobust.data.samplers import UnpaddedShardSampler
 from mcrobust.errors import ConfigError
+from mcrobust.threats.triggers import PatchTrigger
 
 
 def make(**kwargs) -> RobustDataModule:
+    """A set-up data module; `bonafide` may be a dict of BonafideSettings, as in a YAML config."""
+    if isinstance(kwargs.get("bonafide"), dict):
+        kwargs["bonafide"] = BonafideSettings(**kwargs["bonafide"])
     datamodule = RobustDataModule(**kwargs)
     datamodule.setup("fit")
     return datamodule
@@ -37,17 +40,17 @@ def test_cifar10_and_svhn_go_through_the_real_readers(cifar10_root, svhn_root):
 
 
 def test_bonafide_subset_is_stratified_exact_and_trains_the_bonafide_system():
-    datamodule = make(train_on="bonafide", bonafide_size=140, bonafide_seed=3)
+    datamodule = make(train_on="bonafide", bonafide={"size": 140, "seed": 3})
     train = datamodule.train_dataset()
     assert len(train) == 140
     counts = np.bincount(train.labels.numpy(), minlength=10)
     assert counts.min() >= 13 and counts.max() <= 15
-    again = make(train_on="bonafide", bonafide_size=140, bonafide_seed=3)
+    again = make(train_on="bonafide", bonafide={"size": 140, "seed": 3})
     np.testing.assert_array_equal(datamodule.bonafide_index, again.bonafide_index)
 
 
 def test_test_half_pool_is_disjoint_from_the_evaluation_set():
-    datamodule = make(bonafide_pool="test_half", bonafide_size=50, train_on="bonafide")
+    datamodule = make(bonafide={"pool": "test_half", "size": 50}, train_on="bonafide")
     pool_images = datamodule.pool.images.reshape(len(datamodule.pool.images), -1)
     eval_images = datamodule.eval_split.images.reshape(len(datamodule.eval_split.images), -1)
     assert len(pool_images) + len(eval_images) == 360
@@ -56,7 +59,7 @@ def test_test_half_pool_is_disjoint_from_the_evaluation_set():
 
 
 def test_holdout_is_carved_from_the_bonafide_subset():
-    datamodule = make(train_on="bonafide", bonafide_size=100, holdout_size=20)
+    datamodule = make(train_on="bonafide", bonafide={"size": 100, "holdout_size": 20})
     train, held = datamodule.bonafide_dataset("train"), datamodule.bonafide_dataset("holdout")
     assert len(train) == 80 and len(held) == 20
     assert not set(train.indices.tolist()) & set(held.indices.tolist())
@@ -64,8 +67,8 @@ def test_holdout_is_carved_from_the_bonafide_subset():
 
 
 def test_bonafide_indices_round_trip_through_the_checkpoint_state():
-    datamodule = make(bonafide_size=30)
-    other = RobustDataModule(bonafide_size=30, bonafide_seed=99)
+    datamodule = make(bonafide={"size": 30})
+    other = RobustDataModule(bonafide=BonafideSettings(size=30, seed=99))
     other.load_state_dict(datamodule.state_dict())
     other.setup("fit")
     np.testing.assert_array_equal(other.bonafide_index, datamodule.bonafide_index)
@@ -74,17 +77,17 @@ def test_bonafide_indices_round_trip_through_the_checkpoint_state():
 def test_bonafide_indices_file_is_read(tmp_path):
     path = tmp_path / "indices.json"
     path.write_text(json.dumps({"indices": [0, 5, 9]}))
-    datamodule = make(train_on="bonafide", bonafide_indices_path=str(path))
+    datamodule = make(train_on="bonafide", bonafide={"indices_path": str(path)})
     assert datamodule.train_dataset().indices.tolist() == [0, 5, 9]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"bonafide_size": 5000}, "larger|pool"),
-        ({"train_on": "bonafide"}, "bonafide_size"),
+        ({"bonafide": {"size": 5000}}, "larger|pool"),
+        ({"train_on": "bonafide"}, "bonafide.size"),
         ({"batch_size": 0}, "batch_size"),
-        ({"bonafide_size": 10, "bonafide_fraction": 0.1}, "not both"),
+        ({"bonafide": {"size": 10, "fraction": 0.1}}, "not both"),
     ],
     ids=["too-large", "missing-size", "batch-0", "both-sizes"],
 )

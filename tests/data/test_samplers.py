@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcrobust.data.datamodules import RobustDataModule
+from mcrobust.data.datamodules import BonafideSettings, RobustDataModule
 from mcrobust.data.samplers import EpochSampler, UnpaddedShardSampler
 from mcrobust.nets import TinyNet
 from mcrobust.systems import EndpointSystem
@@ -61,8 +61,9 @@ def test_bonafide_size_does_not_change_the_budget_at_a_fixed_epoch_length(epoch_
     """The paper's protocol: N=50 and N=500 get the same number of optimizer steps (checkpoint global_step)."""
     steps = {}
     for size in (50, 500):
+        bonafide = BonafideSettings(size=size, holdout_size=10)
         datamodule = RobustDataModule(
-            batch_size=32, train_on="bonafide", bonafide_size=size, holdout_size=10, epoch_samples=epoch_samples
+            batch_size=32, train_on="bonafide", bonafide=bonafide, epoch_samples=epoch_samples
         )
         system = EndpointSystem(TinyNet(width=4))
         trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0, num_sanity_val_steps=0)

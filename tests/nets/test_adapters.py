@@ -9,10 +9,10 @@ from torch import nn
 from torch.func import functional_call
 from torchvision.transforms.v2.functional import normalize as torchvision_normalize
 
-from mcrobust.checkpoints import load_weights
-from mcrobust.curves import CurveModel
 from mcrobust.errors import CheckpointError, ConfigError
+from mcrobust.io.checkpoints import load_weights
 from mcrobust.nets import AdaptedNet, adapt_net, parse_normalize, unwrap_net, unwrap_state_dict
+from mcrobust.paths.curves import CurveModel
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

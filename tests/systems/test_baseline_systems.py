@@ -11,17 +11,20 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from mcrobust.attacks import PGD
-from mcrobust.baselines import ChannelBlock, channel_activations, channel_block, draw_generator, noisy_weights
-from mcrobust.checkpoints import load_weights
+from mcrobust.callbacks import NoisyEvaluation
+from mcrobust.callbacks.noisy_evaluation import DRAWS_FILE
 from mcrobust.cli import run_cli
-from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+from mcrobust.data.datamodules import BonafideSettings, PoisonSettings, RobustDataModule
+from mcrobust.defenses.fine_pruning import ChannelBlock, channel_activations, channel_block
+from mcrobust.defenses.noisy import draw_generator, noisy_weights
 from mcrobust.errors import ConfigError
+from mcrobust.io.checkpoints import load_weights
 from mcrobust.nets import TinyNet
 from mcrobust.systems import EndpointSystem
-from mcrobust.systems.noisy import DRAWS_FILE, NoisySystem
-from mcrobust.systems.pruning import FinePruningSystem
+from mcrobust.systems.fine_pruning import FinePruningSystem
+from mcrobust.systems.noisy import NoisySystem
 from mcrobust.testing import quiet_trainer
+from mcrobust.threats.evasion import PGD
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs/experiments").glob("baseline_*.yaml"))
@@ -32,7 +35,9 @@ def trainer(tmp_path, **kwargs) -> pl.Trainer:
 
 
 def datamodule(**kwargs) -> RobustDataModule:
-    settings = dict(batch_size=32, train_on="bonafide", bonafide_size=150, eval_size=300, poison=PoisonSettings())
+    settings = dict(
+        batch_size=32, train_on="bonafide", bonafide=BonafideSettings(size=150), eval_size=300, poison=PoisonSettings()
+    )
     return RobustDataModule(**{**settings, **kwargs})
 
 
@@ -54,10 +59,15 @@ def pruning_system(tiny_endpoints, endpoint: str = "a", prune_ratio: float = 0.3
 
 
 # ------------------------------------------------------------------------------------------------ noisy model
-def noisy_test(tiny_endpoints, tmp_path, **kwargs) -> tuple[NoisySystem, dict]:
-    system = noisy_system(tiny_endpoints, **kwargs)
-    results = trainer(tmp_path).test(system, datamodule())[0]
-    return system, results
+def noisy_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    """A trainer with the callback that evaluates the noisy baseline's draws."""
+    return trainer(tmp_path, callbacks=[NoisyEvaluation()], **kwargs)
+
+
+def noisy_test(tiny_endpoints, tmp_path, **kwargs) -> tuple[NoisySystem, dict, NoisyEvaluation]:
+    system, evaluation = noisy_system(tiny_endpoints, **kwargs), NoisyEvaluation()
+    results = trainer(tmp_path, callbacks=[evaluation]).test(system, datamodule())[0]
+    return system, results, evaluation
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +78,11 @@ def noisy(tiny_endpoints, tmp_path_factory):
 
 
 def test_noisy_reports_mean_and_spread_over_its_draws(noisy):
-    system, results, folder = noisy
+    system, results, evaluation, folder = noisy
     assert in_unit_interval(results, "test/acc", "test/asr", "test/acc_std", "test/asr_std", "test/robust_acc")
     assert results["test/robust_acc"] <= results["test/acc"] and "test/robust_loss_std" in results
     assert results["test/num_draws"] == 3 and results["test/loss"] > 0
-    accs = torch.tensor([row["clean_acc"] for row in system.draw_rows], dtype=torch.float64)
+    accs = torch.tensor([row["clean_acc"] for row in evaluation.rows], dtype=torch.float64)
     assert results["test/acc"] == pytest.approx(float(accs.mean()), abs=1e-6)
     assert results["test/acc_std"] == pytest.approx(float(accs.std()), abs=1e-6)
     assert results["test/acc_std"] > 0  # the draws are different models
@@ -81,7 +91,7 @@ def test_noisy_reports_mean_and_spread_over_its_draws(noisy):
 
 
 def test_noisy_draws_are_distinct_and_seeded(noisy, tiny_endpoints, tmp_path):
-    system, results, _ = noisy
+    system, results, _, _ = noisy
     start, end = system.endpoints
     names = {name for name, _ in system.net.named_parameters()}
     draws = [
@@ -90,9 +100,9 @@ def test_noisy_draws_are_distinct_and_seeded(noisy, tiny_endpoints, tmp_path):
     ]
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
     torch.testing.assert_close(system.net.classifier.weight, draws[2])  # the net holds the last draw
-    _, again = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=5, eval_attack=system.eval_attack)
+    _, again, _ = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=5, eval_attack=system.eval_attack)
     assert again == results
-    _, other = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=6)
+    _, other, _ = noisy_test(tiny_endpoints, tmp_path, num_draws=3, seed=6)
     assert other["test/loss"] != results["test/loss"]  # accuracy near chance can tie; the loss cannot
 
 
@@ -101,7 +111,12 @@ def test_noisy_refuses_to_fit_and_needs_both_endpoints(tiny_endpoints, tmp_path)
     with pytest.raises(ConfigError, match="mcrobust test"):
         trainer(tmp_path, max_epochs=1).fit(system, datamodule())
     with pytest.raises(ConfigError, match="both endpoints"):
-        trainer(tmp_path).test(NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"])), datamodule())
+        noisy_trainer(tmp_path).test(NoisySystem(TinyNet(width=16), start=str(tiny_endpoints["a"])), datamodule())
+
+
+def test_noisy_refuses_to_run_without_its_evaluation_callback(tiny_endpoints, tmp_path):
+    with pytest.raises(ConfigError, match="mcrobust.callbacks.NoisyEvaluation"):
+        trainer(tmp_path).test(noisy_system(tiny_endpoints), datamodule())
 
 
 # ------------------------------------------------------------------------------------ fine-tuning, from scratch
@@ -196,9 +211,10 @@ def test_every_baseline_config_builds_its_system(config, tmp_path):
     cli = run_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
     kind = config.stem.split("_")[1]
     assert type(cli.model) is {"noisy": NoisySystem, "fineprune": FinePruningSystem}.get(kind, EndpointSystem)
-    assert cli.datamodule.bonafide_size and cli.datamodule.poison is not None  # the trigger gives test/asr
+    assert cli.datamodule.bonafide.size and cli.datamodule.poison is not None  # the trigger gives test/asr
     if kind == "noisy":
         assert cli.model.start and cli.model.end and cli.model.num_draws == 20
+        assert sum(isinstance(callback, NoisyEvaluation) for callback in cli.trainer.callbacks) == 1
     else:
         assert cli.datamodule.train_on == "bonafide" and bool(cli.model.init_weights) == (kind != "scratch")
 
@@ -214,9 +230,9 @@ def test_two_process_noisy_evaluation_equals_one_process(noisy, tiny_endpoints, 
 
     PGD starts are drawn per sample index, so the robust accuracy is the same too.
     """
-    first, one_process, _ = noisy
+    first, one_process, _, _ = noisy
     system = noisy_system(tiny_endpoints, num_draws=3, seed=5, eval_attack=first.eval_attack)
-    two_process = trainer(tmp_path, **DDP).test(system, datamodule())[0]
+    two_process = noisy_trainer(tmp_path, **DDP).test(system, datamodule())[0]
     assert two_process == pytest.approx(one_process, abs=1e-6)
 
 

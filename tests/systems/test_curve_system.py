@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 import mcrobust.systems.curve as curve_module
-from mcrobust.batchnorm import recompute_bn
 from mcrobust.callbacks import ExportPoint
-from mcrobust.checkpoints import load_weights
-from mcrobust.config_parts import composed_settings
-from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+from mcrobust.commands.parts import composed_settings
+from mcrobust.data.datamodules import BonafideSettings, PoisonSettings, RobustDataModule
 from mcrobust.errors import ConfigError
+from mcrobust.io.checkpoints import load_weights
 from mcrobust.nets import TinyNet
+from mcrobust.paths.batchnorm import recompute_bn
 from mcrobust.systems import CurveSystem
 from mcrobust.systems.curve import step_t, t_seed
 from mcrobust.testing import quiet_trainer
@@ -31,7 +31,9 @@ def trainer(tmp_path, **kwargs) -> pl.Trainer:
 
 
 def datamodule() -> RobustDataModule:
-    dm = RobustDataModule(batch_size=32, train_on="bonafide", bonafide_size=150, poison=PoisonSettings())
+    dm = RobustDataModule(
+        batch_size=32, train_on="bonafide", bonafide=BonafideSettings(size=150), poison=PoisonSettings()
+    )
     dm.setup("fit")
     return dm
 
@@ -132,7 +134,7 @@ def test_step_t_is_a_pure_function_of_seed_step_and_rank():
 
 
 def test_weight_decay_gradient_equals_the_explicit_penalty():
-    from mcrobust.curves import CurveModel
+    from mcrobust.paths.curves import CurveModel
     from mcrobust.systems.curve import with_weight_decay
 
     torch.manual_seed(0)

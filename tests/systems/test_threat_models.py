@@ -7,13 +7,13 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 
-from mcrobust.attacks import PGD
-from mcrobust.checkpoints import load_weights
 from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
-from mcrobust.injection import InjectionSets
+from mcrobust.io.checkpoints import load_weights
 from mcrobust.nets import TinyNet
 from mcrobust.systems import AdversarialSystem, EndpointSystem, InjectionSystem
 from mcrobust.testing import quiet_trainer
+from mcrobust.threats.evasion import PGD
+from mcrobust.threats.injection import InjectionSets
 
 
 def evaluate(ckpt, eval_attack=None) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""The command line's pieces: the `repair` subcommand, short help, config parts. Imported without torch."""

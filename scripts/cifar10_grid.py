@@ -1,0 +1,411 @@
+"""The CIFAR-10 grid of tampered models and the one-model repair on each (docs/results.md, "CIFAR-10 grid").
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/cifar10_grid.py --data /path/to/cifar10-jpeg --out runs/cifar10_grid
+
+`--data` holds the unzipped JPEGs (`train/<class>/*.jpg`, `test/<class>/*.jpg`). Every cell (architecture x
+trigger x poisoning rate) is trained with mcrobust (EndpointSystem on RobustDataModule, the trigger stamped on
+`rate` of every non-target class of the 50,000 training images, after crop and flip so that it stays where the
+attacker put it) for a fixed budget of images, then repaired ONE
+model at a time with `mcrobust.repair` on N bonafide images drawn from one half of the test split, and measured
+on the other half:
+
+* the paper's recipe (second end = fine-tuned copy; its t = 1 is plain fine-tuning at the same budget),
+* the default recipe of `mcrobust repair` (second end = super-fine-tuned copy; its t = 1 is super-fine-tuning,
+  Sha et al. 2022),
+* Feature Shift Tuning (Min et al. 2023) on its own, the other published fine-tuning purification.
+
+Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
+resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mcrobust  # noqa: E402
+from mcrobust.data.bonafide import split_stratified  # noqa: E402
+from mcrobust.data.sources import ArraySplit, load_image_folder  # noqa: E402
+from mcrobust.errors import MCRobustError  # noqa: E402
+from mcrobust.nets import create_net  # noqa: E402
+from mcrobust.threats.triggers import BlendTrigger, PatchTrigger  # noqa: E402
+
+TARGET = 0
+ARCHS = {"vgg_small_bn": {}, "preresnet20": {"depth": 20}, "wrn16_1": {"depth": 16, "widen": 1}}
+REGISTERED = {"vgg_small_bn": "vgg_small_bn", "preresnet20": "preresnet", "wrn16_1": "wideresnet"}
+TRIGGERS = {
+    "patch": ("3x3 white square, bottom right", PatchTrigger),
+    "checker": ("4x4 black/white pattern", lambda: PatchTrigger(size=4, pattern="checkerboard")),
+    "blend": ("noise blend, alpha 0.1", lambda: BlendTrigger(alpha=0.1)),
+}
+RATES = (0.1, 0.2)
+RECIPES = ("finetune", "superfinetune", "fst")
+"""Second ends of the one-model repairs: the paper's, the default of `mcrobust repair`, and FST as a candidate."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one cell may spend: training images of the tampered model and of every repair stage."""
+
+    train_images: int = 48_000
+    train_epochs: int = 4
+    bonafide: int = 2500
+    repair_epochs: int = 4
+    repair_epoch_samples: int = 2500
+    eval_images: int = 2000
+    num_points: int = 5
+
+
+def cells() -> list[tuple[str, str, float]]:
+    """The grid in the order it is run: every architecture and trigger at 10% before any at 20%."""
+    return [(arch, trig, rate) for rate in RATES for trig in TRIGGERS for arch in ARCHS]
+
+
+def cell_name(arch: str, trig: str, rate: float) -> str:
+    return f"{arch}-{trig}-r{round(rate * 100)}"
+
+
+def load_data(root: Path, cache: Path) -> tuple[ArraySplit, ArraySplit]:
+    """The 50,000 training and 10,000 test JPEGs in memory (decoded once, cached as .npz in `cache`)."""
+    splits = []
+    for name in ("train", "test"):
+        file = cache / f"cifar10_jpeg_{name}.npz"
+        if not file.is_file():
+            split = load_image_folder(root, name)
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez(file, images=split.images, labels=split.labels, classes=np.array(split.classes))
+        stored = np.load(file)
+        splits.append(ArraySplit(stored["images"], stored["labels"], tuple(str(c) for c in stored["classes"])))
+    return splits[0], splits[1]
+
+
+def tensors(split: ArraySplit, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, C, H, W) in [0, 1] and labels of `split[index]`, the form `mcrobust.repair` takes."""
+    images = torch.from_numpy(split.images[index]).permute(0, 3, 1, 2).float() / 255.0
+    return images, torch.from_numpy(split.labels[index]).long()
+
+
+def halves(test: ArraySplit, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's protocol: bonafide images from one half of the test split, evaluation on the other half."""
+    pool, evaluation = split_stratified(test.labels, 0.5, seed=0)
+    bonafide = pool[split_stratified(test.labels[pool], budget.bonafide, seed=1)[0]]
+    evaluated = evaluation[split_stratified(test.labels[evaluation], budget.eval_images, seed=2)[0]]
+    return bonafide, evaluated
+
+
+def timed(file: Path, step: Any) -> dict[str, Any]:
+    """Run `step()` once: its JSON result is kept in `file` with the seconds it took."""
+    if file.is_file():
+        return json.loads(file.read_text())
+    started = time.perf_counter()
+    try:
+        result = step()
+    except MCRobustError as error:  # a diverged or refused stage is a finding of the grid, not the end of it
+        result = {"failed": str(error)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def train_tampered(
+    arch: str, trig: str, rate: float, train: ArraySplit, test: ArraySplit, folder: Path, budget: Budget
+):
+    """Train the cell's backdoored model with mcrobust; return its weights file."""
+    import pytorch_lightning as pl
+
+    from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
+    from mcrobust.systems import EndpointSystem
+
+    weights = folder / "tampered.pt"
+    if weights.is_file():
+        return weights
+    pl.seed_everything(hash_seed(arch, trig, rate), verbose=False)
+    poison = PoisonSettings(trigger=TRIGGERS[trig][1](), target=TARGET, rate=rate, seed=1, after_augmentation=True)
+    data = RobustDataModule(
+        dataset="image_folder",
+        batch_size=128,
+        augment=True,
+        poison=poison,
+        epoch_samples=budget.train_images // budget.train_epochs,
+    )
+    data.given_splits = (train, test)
+    system = EndpointSystem(
+        create_net(REGISTERED[arch], **ARCHS[arch]),
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True),
+        scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=budget.train_epochs),
+    )
+    trainer = pl.Trainer(
+        max_epochs=budget.train_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(system, datamodule=data)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(system.net.state_dict(), weights)
+    return weights
+
+
+def hash_seed(*parts: Any) -> int:
+    """A stable seed per cell (Python's hash() is salted per process)."""
+    import zlib
+
+    return zlib.crc32(repr(parts).encode()) % 10_000
+
+
+def load_tampered(arch: str, weights: Path) -> torch.nn.Module:
+    net = create_net(REGISTERED[arch], **ARCHS[arch])
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    return net.eval()
+
+
+def repair_record(result: Any) -> dict[str, Any]:
+    """What the grid keeps of a repair: the path table, the chosen t, its distance signals and warnings."""
+    return {
+        "t": result.t,
+        "rows": result.table,
+        "distance_from_model": result.record["distance_from_model"],
+        "warnings": result.warnings,
+        "rule": result.summary.get("rule"),
+    }
+
+
+def fst_alone(net: torch.nn.Module, clean: Any, settings: dict[str, Any], folder: Path, evaluate: Any):
+    """Feature Shift Tuning on its own (no path): the second end of `second_end='fst'`, evaluated."""
+    return second_end_alone("fst", net, clean, settings, folder, evaluate)
+
+
+def second_end_alone(
+    recipe: str, net: torch.nn.Module, clean: Any, settings: dict[str, Any], folder: Path, evaluate: Any
+) -> dict[str, Any]:
+    """The second end of a one-model repair trained by `recipe` on its own (no path), evaluated."""
+    from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+    from mcrobust.pipeline.inputs import as_split
+
+    chain_settings = ChainSettings(second_end=recipe, **settings)
+    data = repair_data(as_split(clean, "clean"), None, chain_settings)
+    chain = RepairChain(net.cpu(), data, chain_settings, folder)
+    end = chain.second_end(chain.save_endpoint("model", net))
+    tuned = load_tampered_like(net, end)
+    return evaluate(tuned)
+
+
+def load_tampered_like(template: torch.nn.Module, weights: Path) -> torch.nn.Module:
+    import copy
+
+    from mcrobust.io.checkpoints import load_weights
+
+    net = copy.deepcopy(template)
+    net.load_state_dict(load_weights(str(weights), template=net))
+    return net.eval()
+
+
+def run_cell(arch: str, trig: str, rate: float, train: ArraySplit, test: ArraySplit, out: Path, budget: Budget):
+    folder = out / cell_name(arch, trig, rate)
+    bonafide, evaluated = halves(test, budget)
+    trigger = TRIGGERS[trig][1]()
+    eval_set = tensors(test, evaluated)
+    clean = tensors(test, bonafide)
+
+    def evaluate(net: torch.nn.Module) -> dict[str, Any]:
+        return mcrobust.evaluate(net, eval_set, trigger=trigger, target=TARGET)
+
+    started = time.perf_counter()
+    weights = train_tampered(arch, trig, rate, train, test, folder, budget)
+    trained = time.perf_counter() - started
+    timed(
+        folder / "tampered.json", lambda: {"train_seconds": round(trained, 1), **evaluate(load_tampered(arch, weights))}
+    )
+    settings = {
+        "epochs": budget.repair_epochs,
+        "epoch_samples": budget.repair_epoch_samples,
+        "num_points": budget.num_points,
+        "progress": False,
+        "seed": 0,
+    }
+    for recipe in RECIPES:
+        net = load_tampered(arch, weights)
+        timed(
+            folder / f"repair_{recipe}.json",
+            lambda net=net, recipe=recipe: repair_record(
+                mcrobust.repair(
+                    net,
+                    clean,
+                    trigger=trigger,
+                    target=TARGET,
+                    eval=eval_set,
+                    second_end=recipe,
+                    out=folder / recipe,
+                    **settings,
+                )
+            ),
+        )
+    net = load_tampered(arch, weights)
+    timed(folder / "fst.json", lambda: fst_alone(net, clean, settings, folder / "fst", evaluate))
+
+
+BUDGET_STUDY = {  # second-end budgets of the super-fine-tuning study: (epochs of repair_epoch_samples, peak lr)
+    "sft-e16-lr0.02": (16, 0.02),
+    "sft-e16-lr0.05": (16, 0.05),
+}
+
+
+def budget_study(arch: str, trig: str, rate: float, test: ArraySplit, out: Path, budget: Budget) -> None:
+    """Super-fine-tuning alone on a finished cell's model at several budgets and peak learning rates (t = 1 only)."""
+    folder = out / cell_name(arch, trig, rate)
+    bonafide, evaluated = halves(test, budget)
+    trigger, eval_set, clean = TRIGGERS[trig][1](), tensors(test, evaluated), tensors(test, bonafide)
+    for name, (epochs, lr) in BUDGET_STUDY.items():
+        settings = {"epochs": epochs, "epoch_samples": budget.repair_epoch_samples, "progress": False, "seed": 0}
+        settings["superfinetune_lr"] = lr
+        net = load_tampered(arch, folder / "tampered.pt")
+
+        def evaluate(model: torch.nn.Module) -> dict[str, Any]:
+            return mcrobust.evaluate(model, eval_set, trigger=trigger, target=TARGET)
+
+        timed(
+            folder / f"budget_{name}.json",
+            lambda net=net, s=settings, n=name: second_end_alone("superfinetune", net, clean, s, folder / n, evaluate),
+        )
+
+
+def budget_table(out: Path) -> str:
+    """Super-fine-tuning alone (clean accuracy / ASR at t = 1) per budget, for every cell that has the study."""
+    lines = ["| cell | model | " + " | ".join(BUDGET_STUDY) + " |", "|" + " --- |" * (len(BUDGET_STUDY) + 2)]
+    for folder in sorted(f for f in out.iterdir() if (f / "tampered.json").is_file()):
+        found = {n: folder / f"budget_{n}.json" for n in BUDGET_STUDY}
+        if not any(file.is_file() for file in found.values()):
+            continue
+        model = json.loads((folder / "tampered.json").read_text())
+        cells = []
+        for file in found.values():
+            result = json.loads(file.read_text()) if file.is_file() else {}
+            cells.append(f"{result['clean_acc']:.3f} / {result['asr']:.3f}" if "asr" in result else "-")
+        lines.append(f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def point(rows: list[dict[str, Any]], t: float) -> dict[str, Any]:
+    return next(row for row in rows if abs(row["t"] - t) < 1e-9)
+
+
+def cell_row(folder: Path) -> dict[str, Any] | None:
+    """One line of the grid's table from a finished cell folder (None while it is still running)."""
+    files = {name: folder / f"{name}.json" for name in ("tampered", "repair_finetune", "repair_superfinetune", "fst")}
+    # repair_fst (the path to the FST end) is optional: it was added to the grid after its first cells
+    if not all(file.is_file() for file in files.values()):
+        return None
+    tampered, paper, default, fst = (json.loads(file.read_text()) for file in files.values())
+    failed = [name for name, result in zip(files, (tampered, paper, default, fst), strict=True) if "failed" in result]
+    if failed:
+        return {"cell": folder.name, "failed": {name: files[name].read_text() for name in failed}}
+    return {
+        "cell": folder.name,
+        "train_s": tampered["train_seconds"],
+        "model": (tampered["clean_acc"], tampered["asr"]),
+        "finetune": pair(point(paper["rows"], 1.0)),
+        "paper_path": pair(point(paper["rows"], paper["t"])) + (paper["t"],),
+        "superfinetune": pair(point(default["rows"], 1.0)),
+        "default_path": pair(point(default["rows"], default["t"])) + (default["t"],),
+        "fst": (fst["clean_acc"], fst["asr"]),
+        "fst_path": fst_path(folder),
+        "distance": default["distance_from_model"]["relative_weight_distance"],
+        "paper_distance": paper["distance_from_model"]["relative_weight_distance"],
+        "warned": bool(default["warnings"]),
+        "paper_warned": bool(paper["warnings"]),
+        "repair_s": paper["seconds"] + default["seconds"] + fst["seconds"],
+        "n_clean": point(default["rows"], 1.0)["n_clean"],
+        "n_triggered": point(default["rows"], 1.0)["n_triggered"],
+    }
+
+
+def fst_path(folder: Path) -> tuple[float, ...] | None:
+    """The chosen point of the path from the model to its FST end, when that repair has run."""
+    file = folder / "repair_fst.json"
+    result = json.loads(file.read_text()) if file.is_file() else {}
+    return pair(point(result["rows"], result["t"])) + (result["t"],) if "rows" in result else None
+
+
+def pair(row: dict[str, Any]) -> tuple[float, float]:
+    return row["clean_acc"], row["asr"]
+
+
+def table(out: Path) -> str:
+    """The markdown table of the finished cells, and issue 14's criterion on the cells fine-tuning left backdoored."""
+    rows = [row for folder in sorted(out.iterdir()) if folder.is_dir() and (row := cell_row(folder))]
+    fmt = lambda p: "-" if p is None else f"{p[0]:.3f} / {p[1]:.3f}" + (f" (t={p[2]:.2f})" if len(p) > 2 else "")  # noqa: E731
+    columns = ("cell", "model", "fine-tuning", "paper path", "super-FT", "FST", "default path", "FST path")
+    columns += ("rel. distance",)
+    columns += ("warned", "train s", "repair s")
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    failures = [r for r in rows if "failed" in r]
+    rows = [r for r in rows if "failed" not in r]
+    for r in rows:
+        lines.append(
+            f"| {r['cell']} | {fmt(r['model'])} | {fmt(r['finetune'])} | {fmt(r['paper_path'])} | "
+            f"{fmt(r['superfinetune'])} | {fmt(r['fst'])} | **{fmt(r['default_path'])}** | {fmt(r['fst_path'])} | "
+            f"{r['distance']:.3f} | "
+            f"{'yes' if r['warned'] else 'no'} | {r['train_s']:.0f} | {r['repair_s']:.0f} |"
+        )
+    eligible = [r for r in rows if r["finetune"][1] > 0.5]
+    met = [r for r in eligible if r["default_path"][1] <= 0.10 and r["model"][0] - r["default_path"][0] <= 0.03]
+    removed = [r for r in eligible if r["default_path"][1] <= 0.10]
+    lines += [
+        "",
+        f"{len(rows)} cells finished; fine-tuning left ASR > 0.5 on {len(eligible)}. On those, the default path "
+        f"reached ASR <= 0.10 on {len(removed)}, and ASR <= 0.10 with clean accuracy within 3 points of the model "
+        f"on {len(met)}.",
+    ]
+    lines += [f"- {r['cell']} failed: {', '.join(sorted(r['failed']))}" for r in failures]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with train/ and test/ class folders")
+    parser.add_argument("--out", type=Path, default=Path("runs/cifar10_grid"))
+    parser.add_argument("--worker", default="0/1", help="k/n: run every n-th cell starting at k")
+    parser.add_argument("--cells", nargs="*", help="only these cells (e.g. preresnet20-patch-r10)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
+    parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
+    parser.add_argument("--budget-study", action="store_true", help="super-fine-tuning budgets on finished cells")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.out) + "\n\n" + budget_table(args.out))
+        return 0
+    torch.set_num_threads(1)
+    budget = Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else Budget()
+    k, n = (int(part) for part in args.worker.split("/"))
+    train, test = load_data(args.data, args.out / "cache")
+    (args.out / "budget.json").write_text(json.dumps(budget.__dict__, indent=1))
+    for index, (arch, trig, rate) in enumerate(cells()):
+        name = cell_name(arch, trig, rate)
+        if index % n != k or (args.cells and name not in args.cells):
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+        if args.budget_study:
+            if (args.out / name / "tampered.pt").is_file():
+                budget_study(arch, trig, rate, test, args.out, budget)
+            continue
+        run_cell(arch, trig, rate, train, test, args.out, budget)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
