@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
-import logging
 import os
-import re
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,14 +24,14 @@ import yaml
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mcrobust.callbacks import ExportPoint, PathEvaluation
 from mcrobust.commands.help import EPILOG, CompactHelpFormatter, ExperimentHelp, experiment_sections, shown_config
-from mcrobust.commands.moved import moved_hint
+from mcrobust.commands.logs import HeldLogs, quiet_lightning
+from mcrobust.commands.messages import resolve_class, summarize_parser_error, user_error_message
 from mcrobust.commands.parts import expand_config_args
 from mcrobust.data.datamodules import RobustDataModule
-from mcrobust.errors import CheckpointError, ConfigError, MCRobustError, debugging, fail
+from mcrobust.errors import CheckpointError, ConfigError, debugging, fail
 from mcrobust.io.files import atomic_torch_save
 from mcrobust.io.preflight import OutputSnapshot, check_writable_folder
 from mcrobust.io.trust import check_checkpoint_classes, check_resume_checkpoint, nested_strings
@@ -43,133 +39,6 @@ from mcrobust.utils.checks import check_settings
 
 CKPT_SHORTHANDS = ("last", "best", "hpc")
 """`ckpt_path` values Lightning resolves itself (plus `registry:...` and remote URLs, left to Lightning too)."""
-
-
-TIP_LOGGERS = (
-    "lightning_utilities.core.rank_zero",
-    "lightning_fabric.utilities.rank_zero",
-    "pytorch_lightning.utilities.rank_zero",
-)
-"""The loggers Lightning's `rank_zero_info` writes through (whichever of the three the installed versions use)."""
-HARMLESS_WARNINGS = (
-    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),  # torch, from Lightning's _pytree
-    (UserWarning, r"LightningCLI's args parameter is intended to run from within Python"),  # scripts' run_cli(args)
-)
-
-
-class AdvertisingFilter(logging.Filter):
-    """Drops Lightning's advertising tips ("💡 Tip: ... try installing litlogger / litmodels"): they promote a cloud
-    service and say nothing about the run. Lightning has no setting for them, so a logging filter removes them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
-
-
-def quiet_lightning() -> None:
-    """Silence what only adds noise to a run's output: advertising tips and known-harmless deprecation warnings.
-
-    jsonargparse's own switch (`JSONARGPARSE_DEPRECATION_WARNINGS=off`) silences its deprecation notices unless the
-    user set that variable; every genuine warning (a setting that will not do what it says) still shows.
-    """
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    for category, message in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    for name in TIP_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, AdvertisingFilter) for existing in logger.filters):
-            logger.addFilter(AdvertisingFilter())
-
-
-_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value")
-_UNRECOGNIZED = re.compile(r"unrecognized arguments: --?(\S+)")
-_REMOTE_ERROR = re.compile(r"^(mcrobust(?:\.\w+)+): (.+)$", re.MULTILINE)
-
-
-def summarize_parser_error(message: str) -> str:
-    """Reduce jsonargparse's nested error text to one line: the offending key and the innermost reason."""
-    lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
-    if not lines:
-        return message
-    hint = moved_hint(message)  # a config written for mcrobust 0.1 names modules that have moved
-    if hint is not None:
-        return hint
-    found = re.search(r"No action for key \"([^\"]+)\"", message) or _UNRECOGNIZED.search(message)
-    if found:
-        return f"unknown key {found.group(1)!r} (check its spelling; `--help` lists the valid keys)"
-    details = [line for line in lines[1:] if not line.startswith(_NOISE)]
-    head = lines[0].rstrip(":")
-    return f"{head}: {' '.join(details[-2:])}" if details else head
-
-
-def user_error_message(error: BaseException) -> str | None:
-    """The one-line message of a user error, or None for a bug.
-
-    The project's own errors come first: jsonargparse wraps errors of the classes it instantiates, and a Union
-    setting keeps only the first subtype's error as the cause (the others are text in its message), so the causes,
-    then the exceptions held by the frames the error passed through, are searched for an `MCRobustError`. A
-    spawned DDP worker's error reaches the parent only as text. Lightning's own `MisconfigurationException` (e.g. a
-    negative max_epochs) is a user error too.
-    """
-    chain = list(_causes(error))
-    found: BaseException | None = next((e for e in chain if isinstance(e, MCRobustError)), None)
-    found = (
-        found
-        or _held_project_error(chain)
-        or next((e for e in chain if isinstance(e, MisconfigurationException)), None)
-    )
-    if found is not None:
-        return _first_line(found)
-    for name, message in _REMOTE_ERROR.findall(str(error)):
-        module, _, cls = name.rpartition(".")
-        imported = getattr(sys.modules.get(module) or _import(module), cls, None)
-        if isinstance(imported, type) and issubclass(imported, MCRobustError):
-            return message.strip()
-    return None
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """`error`, its cause, the cause's cause, ... (or the context where there is no cause)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _held_project_error(chain: list[BaseException]) -> MCRobustError | None:
-    """An MCRobustError that a frame on the errors' way held, innermost first (jsonargparse's Union tries)."""
-    for error in chain:
-        frames = []
-        trace = error.__traceback__
-        while trace is not None:
-            frames.append(trace.tb_frame)
-            trace = trace.tb_next
-        for frame in reversed(frames):
-            for value in frame.f_locals.values():
-                items = value if isinstance(value, (list, tuple)) else (value,)
-                found = next((item for item in items if isinstance(item, MCRobustError)), None)
-                if found is not None:
-                    return found
-    return None
-
-
-def _resolve(class_path: str) -> Any:
-    """The class at `class_path` (trusted: checked by `check_checkpoint_classes`), or None."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(_import(module), name, None) if module else None
-
-
-def _import(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class MCRobustArgumentParser(LightningArgumentParser):
@@ -221,46 +90,6 @@ class RunStarted(Callback):
         self.started = True
 
     on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _mark
-
-
-class HeldLogs(logging.Handler):
-    """Holds the log records of Lightning and Fabric until the run starts; a start that fails drops them.
-
-    Lightning prints its set-up lines (seed, accelerators, tips, restored states) before anything can tell whether
-    the run will start: a user whose run fails before its first batch then sees the one error line only.
-    """
-
-    LOGGERS = ("pytorch_lightning", "lightning_fabric")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-        self.saved: dict[str, tuple[list[logging.Handler], bool]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        # ddp_spawn pickles the CLI (LightningCLI's instantiator holds it): a worker gets a fresh one that holds nothing
-        return HeldLogs, ()
-
-    def hold(self) -> None:
-        """Send the loggers' records here instead of to their handlers."""
-        for name in self.LOGGERS:
-            logger = logging.getLogger(name)
-            self.saved[name] = (logger.handlers[:], logger.propagate)
-            logger.handlers, logger.propagate = [self], False
-
-    def restore(self, replay: bool) -> None:
-        """Give the loggers their handlers back and, with `replay`, pass them the records held so far."""
-        for name, (handlers, propagate) in self.saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers, logger.propagate = handlers, propagate
-        self.saved = {}
-        records, self.records = self.records, []
-        for record in records if replay else ():
-            owner = next(name for name in self.LOGGERS if record.name.split(".")[0] == name)
-            logging.getLogger(owner).callHandlers(record)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -441,7 +270,7 @@ class MCRobustCLI(LightningCLI):
         """Raise CheckpointError when the checkpoint's system class is not the config's `model.class_path`."""
         model = self.subcommand_setting("model")
         configured = model.get("class_path") if model is not None and hasattr(model, "get") else None
-        if not saved or not configured or saved == configured or _resolve(saved) is _resolve(configured):
+        if not saved or not configured or saved == configured or resolve_class(saved) is resolve_class(configured):
             return
         raise CheckpointError(
             f"ckpt_path {ckpt_path} is a checkpoint of {saved}, but the config's model is {configured}; give the "

@@ -44,3 +44,10 @@ def fail(message: str) -> NoReturn:
     """
     sys.stderr.write(f"mcrobust: error: {message}\n")
     raise SystemExit(EXIT_USAGE)
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of an error's message (its class name when it has none), cut to `limit` characters."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if limit is None else line[:limit]

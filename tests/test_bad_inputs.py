@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from mcrobust.cli import run_cli, user_error_message
+from mcrobust.cli import run_cli
+from mcrobust.commands.messages import user_error_message
 from mcrobust.errors import ConfigError
 from mcrobust.nets import TinyNet
 from mcrobust.testing import fails_in_one_line

@@ -244,7 +244,7 @@ def test_advertising_tips_and_harmless_warnings_are_silenced(caplog):
     from pytorch_lightning.utilities import rank_zero_info
     from torch.utils._pytree import LeafSpec
 
-    from mcrobust.cli import quiet_lightning
+    from mcrobust.commands.logs import quiet_lightning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.resetwarnings()

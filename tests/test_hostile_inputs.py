@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from mcrobust.cli import HeldLogs, run_cli
+from mcrobust.cli import run_cli
+from mcrobust.commands.logs import HeldLogs
 from mcrobust.errors import CheckpointError
 from mcrobust.testing import fails_in_one_line
 

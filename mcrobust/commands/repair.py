@@ -50,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
         help="one model: how the second end is trained: superfinetune (default), finetune (the paper's), reinit_head, "
         "fst or scratch (docs/one_model.md)",
     )
+    p.add_argument(
+        "--selection",
+        default="middle",
+        choices=("middle", "far"),
+        help="which t within the holdout tolerance is exported: middle (closest to 0.5, the paper's) or far (farthest "
+        "from the model; docs/one_model.md)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the evaluation")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mcrobust.errors import CheckpointError
+from mcrobust.errors import CheckpointError, first_line
 from mcrobust.io.files import atomic_torch_save, atomic_write_bytes
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.", "model.")
@@ -270,7 +270,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as error:  # safetensors raises its own error types for every kind of damage
         raise CheckpointError(
-            f"cannot read {path} as safetensors ({_first_line(error)}); "
+            f"cannot read {path} as safetensors ({first_line(error, limit=200)}); "
             "the file is truncated or corrupt, write it again"
         ) from None
 
@@ -294,13 +294,14 @@ def _read_pickle(path: Path) -> Any:
         ) from None
     except Exception as error:  # zip, pickle and storage errors all mean a damaged or foreign file
         raise CheckpointError(
-            f"cannot read {path} ({_first_line(error)}); the file is truncated or corrupt, or not a PyTorch checkpoint"
+            f"cannot read {path} ({first_line(error, limit=200)}); "
+            "the file is truncated or corrupt, or not a PyTorch checkpoint"
         ) from None
 
 
 def _unpickling_detail(error: pickle.UnpicklingError) -> str:
     found = _UNSAFE_OPERAND.search(str(error))
-    return found.group(0) if found else _first_line(error)
+    return found.group(0) if found else first_line(error, limit=200)
 
 
 def _is_curve(state: Mapping[str, Tensor]) -> bool:
@@ -410,8 +411,3 @@ def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         seen.add(value.untyped_storage().data_ptr())
         result[key] = value
     return result
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]

@@ -2,12 +2,11 @@
 
 from mcrobust.nets.adapters import AdaptedNet, adapt_net, parse_normalize, unwrap_net, unwrap_state_dict
 from mcrobust.nets.layers import Normalize, find_normalize
-from mcrobust.nets.preresnet import PreResNet
+from mcrobust.nets.preresnet import PreResNet, wide_resnet
 from mcrobust.nets.registry import create_net, list_nets, register_net
 from mcrobust.nets.resnet import ResNet18
 from mcrobust.nets.tiny import TinyNet
 from mcrobust.nets.vgg import VGG, vgg16, vgg16_bn, vgg_small_bn
-from mcrobust.nets.wideresnet import WideResNet
 
 __all__ = [
     "VGG",
@@ -16,7 +15,6 @@ __all__ = [
     "PreResNet",
     "ResNet18",
     "TinyNet",
-    "WideResNet",
     "adapt_net",
     "create_net",
     "find_normalize",
@@ -28,4 +26,5 @@ __all__ = [
     "vgg16",
     "vgg16_bn",
     "vgg_small_bn",
+    "wide_resnet",
 ]

@@ -1,0 +1,26 @@
+"""`mcrobust repair` hands every option to `mcrobust.repair` under the same name (the one implementation)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcrobust.commands import repair as command
+
+
+def test_selection_and_second_end_reach_the_repair(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("mcrobust.api.repair", lambda model, clean, net, **options: seen.update(options) or None)
+    monkeypatch.setattr("mcrobust.pipeline.inputs.build_net", lambda name, args: name)
+    args = command.parser().parse_args(
+        ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--selection", "far", "--second-end", "fst"]
+    )
+    command._run(args)
+    assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
+
+
+def test_an_unknown_selection_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--selection", "near"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--selection" in err and "far" in err
