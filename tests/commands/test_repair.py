@@ -12,7 +12,20 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
     monkeypatch.setattr("mcrobust.api.repair", lambda model, clean, net, **options: seen.update(options) or None)
     monkeypatch.setattr("mcrobust.pipeline.inputs.build_net", lambda name, args: name)
     args = command.parser().parse_args(
-        ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--selection", "far", "--second-end", "fst"]
+        [
+            "--model",
+            "m.pt",
+            "--net",
+            "tiny",
+            "--clean",
+            "c/",
+            "--out",
+            "o/",
+            "--selection",
+            "far",
+            "--second-end",
+            "fst",
+        ]
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
