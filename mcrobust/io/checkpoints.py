@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from mcrobust.errors import CheckpointError, first_line
 from mcrobust.io.files import atomic_torch_save, atomic_write_bytes
+from mcrobust.io.trust import refused_global
+from mcrobust.utils.checks import check_finite
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.", "model.")
 """Prefixes that DDP (`module.`), `torch.compile` (`_orig_mod.`), our systems (`net.`) and others put on keys."""
@@ -37,7 +39,6 @@ _NOT_WEIGHTS = re.compile(r"optim|sched|scaler|^callbacks$|^loops$|^hyper_parame
 _TOKENS = re.compile(r"[^a-z0-9]+")
 
 _CURVE_KEY = re.compile(r"(^|\.)bends\.\d+\.")
-_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module \S+ is blocked)")
 _UNSAFE_OPERAND = re.compile(r"Unsupported operand \S+")
 
 
@@ -219,16 +220,6 @@ def _is_ema(name: str) -> bool:
     return "ema" in _TOKENS.split(name.lower())
 
 
-def check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Raise CheckpointError naming the first floating tensor with a NaN or an infinity."""
-    for key, value in state_dict.items():
-        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(
-                f"{source} has NaN or infinite values in {key!r}; the run that wrote it diverged, "
-                "use another checkpoint"
-            )
-
-
 def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike[str]) -> Path:
     """Write a state_dict atomically as `.safetensors` or, for any other suffix, with `torch.save`.
 
@@ -281,11 +272,11 @@ def _read_pickle(path: Path) -> Any:
             warnings.simplefilter("ignore")  # pickle-protocol notes; the failure itself is reported below
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = _UNSAFE_GLOBAL.search(str(error))
-        if found:
+        needed = refused_global(error)
+        if needed:
             hint = " (Lightning: keep callables out of save_hyperparameters)" if path.suffix == ".ckpt" else ""
             raise CheckpointError(
-                f"refusing to unpickle {path}: it needs {found.group(1)}, which could run code; "
+                f"refusing to unpickle {path}: it needs {needed}, which could run code; "
                 f"re-save it as a plain state_dict or .safetensors{hint}"
             ) from None
         raise CheckpointError(

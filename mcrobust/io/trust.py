@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from mcrobust.errors import CheckpointError
-from mcrobust.io.checkpoints import check_finite
+from mcrobust.utils.checks import check_finite
 
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 """How torch's `weights_only` unpickler and `RestrictedUnpickler` name a global they refuse."""

@@ -1,7 +1,7 @@
 """Checks of a run's numbers and settings that stop it early and say why.
 
 `require` is the one-line argument check of the package; `check_finite_loss` stops training at the first NaN or
-infinite loss; `check_settings` refuses optimizer arguments that cannot be right (a negative learning rate or
+infinite loss and `check_finite` refuses weights that hold one; `check_settings` refuses optimizer arguments that cannot be right (a negative learning rate or
 momentum) before anything is built.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcrobust.errors import ConfigError, MCRobustError
+from mcrobust.errors import CheckpointError, ConfigError, MCRobustError
 
 
 def require(ok: bool, message: str) -> None:
@@ -103,3 +103,13 @@ def _check_optimizer_arguments(arguments: Mapping[str, Any], key: str) -> None:
         for index, beta in enumerate(betas):
             if isinstance(beta, (int, float)) and not 0.0 <= beta < 1.0:
                 raise ConfigError(f"{key}.betas[{index}] must be in [0, 1), got {beta}")
+
+
+def check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Raise CheckpointError naming the first floating tensor with a NaN or an infinity."""
+    for key, value in state_dict.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{source} has NaN or infinite values in {key!r}; the run that wrote it diverged, "
+                "use another checkpoint"
+            )
