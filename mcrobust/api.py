@@ -173,7 +173,14 @@ def repair(
         **settings: any field of `mcrobust.pipeline.chain.ChainSettings` (second_end, selection, epoch_samples,
             batch_size, num_points, ...).
     """
-    from mcrobust.pipeline.chain import ChainSettings, RepairChain, distance_signals, muted_start_up_notes, repair_data
+    from mcrobust.pipeline.chain import (
+        ChainSettings,
+        RepairChain,
+        distance_signals,
+        inputs_fingerprint,
+        muted_start_up_notes,
+        repair_data,
+    )
 
     with muted_start_up_notes():  # Lightning's start-up notes, restored afterwards
         if epochs is not None:
@@ -183,10 +190,12 @@ def repair(
         other = adapt_net(as_module(second, net, "second"), normalize, output) if second is not None else None
         found, target = _trigger_and_target(trigger, target)
         evaluation_split = as_split(eval, "eval", image_size) if eval is not None else None
-        data = repair_data(as_split(clean, "clean", image_size), evaluation_split, chain_settings, found, target)
+        clean_split = as_split(clean, "clean", image_size)
+        data = repair_data(clean_split, evaluation_split, chain_settings, found, target)
         folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mcrobust-repair-"))
         chain = RepairChain(_template(first), data, chain_settings, folder)
-        chain.check_resumable("two" if other is not None else "one")
+        given = [first] if other is None else [first, other]
+        chain.check_resumable("two" if other is not None else "one", inputs_fingerprint(given, clean_split))
         start = chain.save_endpoint("model", first)
         end = chain.save_endpoint("second", other) if other is not None else chain.second_end(start)
         system, evaluation = chain.evaluate(chain.train_path(start, end))

@@ -18,7 +18,7 @@ from mcrobust.api import near_tampered
 from mcrobust.errors import ConfigError
 from mcrobust.nets.adapters import adapt_net
 from mcrobust.paths.selection import select_t
-from mcrobust.pipeline.chain import ChainSettings, RepairChain, distance_signals, repair_data
+from mcrobust.pipeline.chain import ChainSettings, RepairChain, distance_signals, inputs_fingerprint, repair_data
 from mcrobust.pipeline.inputs import as_module, as_split
 from mcrobust.pipeline.second_end import fresh_copy
 from mcrobust.threats.triggers import PatchTrigger
@@ -145,3 +145,20 @@ def test_feature_shift_keeps_the_head_norm_and_leaves_the_old_head(handed, tmp_p
     cosine = float((old * new).sum() / (old.norm() * new.norm()))
     assert cosine < 0.5  # re-initialised, then pushed away: no longer the tampered head
     assert not torch.equal(shifted.net.features[0].weight, model.net.features[0].weight)  # every layer tuned
+
+
+def test_resuming_a_repair_of_another_model_or_other_images_is_refused(handed, tmp_path):
+    """The out folder's stages belong to the models and images they were trained on: another model must not reuse
+    them (its second end and path would silently be the old model's)."""
+    chain, model = chain_for(handed, tmp_path)
+    clean = as_split(handed["clean"], "clean")
+    chain.check_resumable("one", inputs_fingerprint([model], clean))
+    chain.check_resumable("one", inputs_fingerprint([model], clean))  # the same inputs resume
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
+    with pytest.raises(ConfigError, match="holds a repair of other models or other clean images"):
+        chain.check_resumable("one", inputs_fingerprint([changed], clean))
+    fewer = type(clean)(clean.images[1:], clean.labels[1:], clean.classes)
+    with pytest.raises(ConfigError, match="use another out folder"):
+        chain.check_resumable("one", inputs_fingerprint([model], fewer))

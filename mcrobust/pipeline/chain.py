@@ -217,13 +217,20 @@ class RepairChain:
         self.fit(system, recipe, augment=augment)
         return save_weights(system.net.state_dict(), done)
 
-    def check_resumable(self, ends: str) -> None:
-        """Refuse to resume a repair in `out` that was trained with other settings (its stages would be reused)."""
+    def check_resumable(self, ends: str, inputs: str | None = None) -> None:
+        """Refuse to resume a repair in `out` that was trained with other settings or inputs (its stages would be
+        reused): `inputs` is :func:`inputs_fingerprint` of the given models and clean images."""
         record = self.steps / "chain_settings.json"
         current = {"ends": ends, **self.settings.training_settings()}
+        current |= {"inputs": inputs} if inputs is not None else {}
         if record.is_file():
             saved = json.loads(record.read_text())
             changed = sorted(key for key in current if saved.get(key) != current[key])
+            if "inputs" in changed:
+                raise ConfigError(
+                    f"{self.out} holds a repair of other models or other clean images (its stages would be reused); "
+                    "use another out folder"
+                )
             if changed:
                 first = changed[0]
                 raise ConfigError(
@@ -307,6 +314,20 @@ class RepairChain:
             inference_mode=False,
             log_every_n_steps=10,
         )
+
+
+def inputs_fingerprint(models: list[nn.Module], clean: ArraySplit) -> str:
+    """sha256 of the given models' weights and buffers and of the clean images and labels: what a repair was of."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(np.ascontiguousarray(clean.images).tobytes())
+    digest.update(np.ascontiguousarray(clean.labels).tobytes())
+    return digest.hexdigest()
 
 
 def distance_signals(tampered: nn.Module, repaired: nn.Module, loader: Any) -> dict[str, float]:

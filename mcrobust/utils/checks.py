@@ -1,8 +1,8 @@
 """Checks of a run's numbers and settings that stop it early and say why.
 
 `require` is the one-line argument check of the package; `check_finite_loss` stops training at the first NaN or
-infinite loss and `check_finite` refuses weights that hold one; `check_settings` refuses optimizer arguments that cannot be right (a negative learning rate or
-momentum) before anything is built.
+infinite loss and `check_finite` refuses weights that hold one; `check_settings` refuses optimizer arguments that
+cannot be right (a negative learning rate or momentum) before anything is built.
 """
 
 from __future__ import annotations
