@@ -243,8 +243,7 @@ def _record(
             "probably not removed: the exported point barely differs from the given model "
             f"(relative weight distance {signals['relative_weight_distance']:.3f} < "
             f"{NEAR_TAMPERED['relative_weight_distance']}, {signals['changed_predictions']:.1%} of holdout predictions "
-            "changed); a backdoor it carried is likely still there - try second_end='superfinetune' or a second, "
-            "independently trained model (--second)"
+            f"changed); a backdoor it carried is likely still there - {_next_try(settings)}"
         )
     paths = [str(p) for p in inputs if isinstance(p, (str, Path))]
     return {
@@ -262,6 +261,16 @@ def _record(
             "mcrobust": __import__("mcrobust").__version__,
         },
     }
+
+
+def _next_try(settings: Any) -> str:
+    """What to try after a repair that stayed near the model: what the one-model study and the CIFAR-10 row found."""
+    if settings.second_end == "finetune":
+        return "try second_end='superfinetune' (--second-end) or a second, independently trained model (--second)"
+    return (
+        "try more epochs (--epochs), second_end='fst' with selection='far' (--second-end fst --selection far), "
+        "or a second, independently trained model (--second)"
+    )
 
 
 def _export(point: nn.Module, folder: Path, record: dict[str, Any]) -> None:
