@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import pytorch_lightning as pl
+from torch import nn
 
 
 def quiet_trainer(root: str | os.PathLike[str] | None = None, **overrides: Any) -> pl.Trainer:
@@ -52,3 +53,17 @@ def fails_in_one_line(capsys: Any, args: list[str], *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
     return lines[-1]
+
+
+def small_bn_net(num_classes: int = 10) -> nn.Sequential:
+    """Two conv blocks with BatchNorm (so eval mode and BN statistics matter) and a linear head, for 1x8x8 digits."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, num_classes),
+    )

@@ -12,24 +12,11 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from mcrobust.errors import ConfigError
+from mcrobust.testing import small_bn_net
 from mcrobust.threats.evasion import PGD, Attack, AutoAttack, robust_metrics
 from mcrobust.utils.seeding import per_sample_normal, per_sample_uniform
 
 EPS = {"linf": 0.1, "l2": 1.0}  # 8x8 digits in [0,1]: an L2 ball of 1.0 is about 0.125 per pixel
-
-
-def small_net() -> nn.Sequential:
-    """Two conv blocks with BatchNorm (so eval mode matters) and a linear classifier, for 1x8x8 inputs."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +34,7 @@ def net(digits) -> nn.Module:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x, y = digits[0], digits[1]
-    model = small_net()
+    model = small_bn_net()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         batch = torch.randint(0, len(x), (128,))

@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from mcrobust.errors import ConfigError, DataError
+from mcrobust.testing import small_bn_net
 from mcrobust.threats.injection import (
     InjectionSets,
     choose_injection_sets,
@@ -19,20 +20,6 @@ from mcrobust.threats.injection import (
 )
 
 LAST = "7.weight"  # the final linear layer, the paper's choice for VGG16 (§3)
-
-
-def small_net() -> nn.Sequential:
-    """Two conv blocks with BatchNorm (whose statistics must survive injection) and a linear classifier."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def trained(digits) -> nn.Module:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x, y = digits
-    model = small_net()
+    model = small_bn_net()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         batch = torch.randint(0, len(x), (128,))
