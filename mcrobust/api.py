@@ -28,7 +28,15 @@ from torch.utils.data import DataLoader
 from mcrobust.data.transforms import ArrayDataset
 from mcrobust.errors import ConfigError
 from mcrobust.nets.adapters import adapt_net, unwrap_net
-from mcrobust.pipeline.inputs import ImagesLike, PathLike, as_module, as_split, load_trigger, sha256_of
+from mcrobust.pipeline.inputs import (
+    ImagesLike,
+    PathLike,
+    as_module,
+    as_split,
+    inputs_fingerprint,
+    load_trigger,
+    sha256_of,
+)
 from mcrobust.threats.backdoor import triggered_eval_set
 from mcrobust.threats.triggers import Trigger
 from mcrobust.utils.modes import device_of
@@ -173,11 +181,10 @@ def repair(
         **settings: any field of `mcrobust.pipeline.chain.ChainSettings` (second_end, selection, epoch_samples,
             batch_size, num_points, ...).
     """
+    from mcrobust.analysis.distance import distance_signals
     from mcrobust.pipeline.chain import (
         ChainSettings,
         RepairChain,
-        distance_signals,
-        inputs_fingerprint,
         muted_start_up_notes,
         repair_data,
     )

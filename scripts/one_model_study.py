@@ -83,9 +83,10 @@ def tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def point_signals(folder: Path, clean: tuple[torch.Tensor, torch.Tensor], settings: Any) -> dict[float, dict]:
     """The distance signals of every evaluated t of a finished repair in `folder` (t = 1: the second end as given)."""
+    from mcrobust.analysis.distance import distance_signals
     from mcrobust.nets.adapters import adapt_net
     from mcrobust.paths.batchnorm import recompute_bn
-    from mcrobust.pipeline.chain import distance_signals, repair_data
+    from mcrobust.pipeline.chain import repair_data
     from mcrobust.pipeline.inputs import as_split
     from mcrobust.systems import CurveSystem
 

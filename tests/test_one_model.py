@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import mcrobust
+from mcrobust.analysis.distance import distance_signals
 from mcrobust.api import near_tampered
 from mcrobust.errors import ConfigError
 from mcrobust.nets.adapters import adapt_net
 from mcrobust.paths.selection import select_t
-from mcrobust.pipeline.chain import ChainSettings, RepairChain, distance_signals, inputs_fingerprint, repair_data
-from mcrobust.pipeline.inputs import as_module, as_split
+from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+from mcrobust.pipeline.inputs import as_module, as_split, inputs_fingerprint
 from mcrobust.pipeline.second_end import fresh_copy
 from mcrobust.threats.triggers import PatchTrigger
 from tests.user_models import SoftmaxNet, digits, train_backdoored, write_class_folder

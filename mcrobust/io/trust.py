@@ -98,6 +98,7 @@ def _load_checkpoint(path: Path, trusted: bool) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # weights_only unless the user passed `--weights_only false` for a file they trust (docs/threat_model.md)
             return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
     except pickle.UnpicklingError as error:
         found = refused_global(error)

@@ -182,3 +182,15 @@ def sha256_of(paths: Sequence[PathLike | None]) -> dict[str, str]:
             digest.update(file.read_bytes())
         digests[os.fspath(path)] = digest.hexdigest()
     return digests
+
+
+def inputs_fingerprint(models: list[nn.Module], clean: ArraySplit) -> str:
+    """sha256 of the given models' weights and buffers and of the clean images and labels: what a repair was of."""
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(np.ascontiguousarray(clean.images).tobytes())
+    digest.update(np.ascontiguousarray(clean.labels).tobytes())
+    return digest.hexdigest()
