@@ -121,19 +121,33 @@ def timed(file: Path, step: Any) -> dict[str, Any]:
 
 
 def train_tampered(
-    arch: str, trig: str, rate: float, train: ArraySplit, test: ArraySplit, folder: Path, budget: Budget
+    arch: str,
+    trig: str,
+    rate: float,
+    train: ArraySplit,
+    test: ArraySplit,
+    folder: Path,
+    budget: Budget,
+    replica: int = 0,
 ):
-    """Train the cell's backdoored model with mcrobust; return its weights file."""
+    """Train the cell's backdoored model with mcrobust; return its weights file.
+
+    `replica` 1, 2, ... are independently trained copies (their own initialisation, data order and poisoned
+    images) for the two-model protocol; replica 0 is the cell's model.
+    """
     import pytorch_lightning as pl
 
     from mcrobust.data.datamodules import PoisonSettings, RobustDataModule
     from mcrobust.systems import EndpointSystem
 
-    weights = folder / "tampered.pt"
+    weights = folder / ("tampered.pt" if replica == 0 else f"tampered_{replica}.pt")
     if weights.is_file():
         return weights
-    pl.seed_everything(hash_seed(arch, trig, rate), verbose=False)
-    poison = PoisonSettings(trigger=TRIGGERS[trig][1](), target=TARGET, rate=rate, seed=1, after_augmentation=True)
+    pl.seed_everything(hash_seed(arch, trig, rate, *([replica] if replica else [])), verbose=False)
+    poison_seed = 1 + replica
+    poison = PoisonSettings(
+        trigger=TRIGGERS[trig][1](), target=TARGET, rate=rate, seed=poison_seed, after_augmentation=True
+    )
     data = RobustDataModule(
         dataset="image_folder",
         batch_size=128,

@@ -1,0 +1,268 @@
+"""The paper's two-model protocol on the CIFAR-10 grid (docs/results.md, "Two models per cell").
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/cifar10_two_model.py --data /path/to/cifar10-jpeg \\
+        --out runs/cifar10_grid --cells vgg_small_bn-patch-r10
+
+For a cell of `scripts/cifar10_grid.py` (its tampered model is trained first if it is missing) a second tampered
+model is trained independently (its own initialisation, data order and poisoned images), and at every N of
+`SIZES` the same N bonafide images (one half of the test split; evaluation on the other half) and the same budget
+(epochs x a fixed epoch length) serve:
+
+* the path between the two models (`mcrobust.repair(model, clean, second=...)`, t chosen on the clean holdout),
+* fine-tuning each model (the paper's settings), fine-pruning the first (Liu et al. 2018, half the channels of the
+  last feature layer) and a net trained from scratch (the super-fine-tuning schedule, crop+flip),
+
+each evaluated on the same 2,000 held-out test images: clean accuracy, ASR and the triggered images' accuracy on
+their true labels (RA), with 95% Wilson intervals in `--table`. Every step is a JSON file under
+`<out>/<cell>/two_model/N<n>/`; a rerun skips what has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cifar10_grid as grid  # noqa: E402
+
+import mcrobust  # noqa: E402
+from mcrobust.analysis.statistics import wilson_interval  # noqa: E402
+from mcrobust.data.bonafide import split_stratified  # noqa: E402
+
+SIZES = (2500, 500, 50)
+"""Bonafide set sizes N of the paper's Table 1 (5%, 1% and 0.1% of CIFAR-10's training set)."""
+
+PRUNE_RATIO = 0.5
+BASELINES = ("finetune_a", "finetune_b", "fineprune_a", "scratch")
+
+
+def bonafide_of_size(test: Any, size: int) -> np.ndarray:
+    """N images of the bonafide half of the test split, stratified (the evaluation half is never touched)."""
+    pool, _ = split_stratified(test.labels, 0.5, seed=0)
+    return pool[split_stratified(test.labels[pool], size, seed=1)[0]]
+
+
+def pruned_layer_of(net: torch.nn.Module) -> str | None:
+    """The layer fine-pruning ranks: the last conv (None, the default), or the final BN of a pre-activation net."""
+    return "bn" if isinstance(getattr(net, "bn", None), torch.nn.BatchNorm2d) else None
+
+
+def fine_pruning_alone(
+    net: torch.nn.Module, clean: Any, settings: dict[str, Any], folder: Path, evaluate: Any
+) -> dict[str, Any]:
+    """Fine-pruning on the repair's bonafide-train part with the repair's budget and fine-tuning optimizer."""
+    from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+    from mcrobust.pipeline.inputs import as_split
+    from mcrobust.systems.fine_pruning import FinePruningSystem
+    from mcrobust.utils.schedules import PaperSchedule
+
+    chain_settings = ChainSettings(**settings)
+    chain = RepairChain(net.cpu(), repair_data(as_split(clean, "clean"), None, chain_settings), chain_settings, folder)
+    start = chain.save_endpoint("model", net)
+    optimizer = partial(
+        torch.optim.SGD, lr=chain_settings.finetune_lr, momentum=0.9, weight_decay=chain_settings.weight_decay
+    )
+    system = FinePruningSystem(
+        copy.deepcopy(net),
+        init_weights=str(start),
+        layer=pruned_layer_of(net),
+        prune_ratio=PRUNE_RATIO,
+        optimizer=optimizer,
+        scheduler=PaperSchedule,
+    )
+    chain.fit(system, "fine_pruning")
+    return {**evaluate(system.net.eval()), "pruned_channels": len(system.pruned_channels)}
+
+
+def study_name(budget: grid.Budget) -> str:
+    """The folder of a cell's two-model study: `two_model` at the grid's budget, `two_model_e<epochs>` otherwise."""
+    return "two_model" if budget.repair_epochs == grid.Budget.repair_epochs else f"two_model_e{budget.repair_epochs}"
+
+
+def run_two_model(
+    arch: str,
+    trig: str,
+    rate: float,
+    train: Any,
+    test: Any,
+    out: Path,
+    budget: grid.Budget,
+    sizes: tuple[int, ...] = SIZES,
+) -> None:
+    """Both models of the cell, then the path and every baseline at every N of `sizes`."""
+    folder = out / grid.cell_name(arch, trig, rate)
+    trigger = grid.TRIGGERS[trig][1]()
+    _, evaluated = grid.halves(test, budget)
+    eval_set = grid.tensors(test, evaluated)
+
+    def evaluate(net: torch.nn.Module) -> dict[str, Any]:
+        return mcrobust.evaluate(net, eval_set, trigger=trigger, target=grid.TARGET)
+
+    weights = [tampered_model(arch, trig, rate, train, test, folder, budget, replica, evaluate) for replica in (0, 1)]
+    settings = {"epochs": budget.repair_epochs, "epoch_samples": budget.repair_epoch_samples, "seed": 0}
+    settings |= {"progress": False, "num_points": budget.num_points}
+    for size in sizes:
+        clean = grid.tensors(test, bonafide_of_size(test, size))
+        models = [grid.load_tampered(arch, file) for file in weights]
+        run_size(folder / study_name(budget) / f"N{size}", models, clean, settings, trigger, eval_set, evaluate)
+
+
+def tampered_model(
+    arch: str,
+    trig: str,
+    rate: float,
+    train: Any,
+    test: Any,
+    folder: Path,
+    budget: grid.Budget,
+    replica: int,
+    evaluate: Any,
+) -> Path:
+    """The cell's model `replica` (trained if missing) and its evaluation next to it; returns its weights file."""
+    started = time.perf_counter()
+    file = grid.train_tampered(arch, trig, rate, train, test, folder, budget, replica=replica)
+    trained = round(time.perf_counter() - started, 1)
+    name = "tampered.json" if replica == 0 else f"tampered_{replica}.json"
+    grid.timed(folder / name, lambda: {"train_seconds": trained, **evaluate(grid.load_tampered(arch, file))})
+    return file
+
+
+def run_size(
+    step: Path,
+    models: list[torch.nn.Module],
+    clean: Any,
+    settings: dict[str, Any],
+    trigger: Any,
+    eval_set: Any,
+    evaluate: Any,
+) -> None:
+    """At one N: the path between the two models, then the baselines, on the same images with the same budget."""
+    a, b = models
+
+    def path() -> dict[str, Any]:
+        kept = {"trigger": trigger, "target": grid.TARGET, "eval": eval_set, "out": step / "path"}
+        return grid.repair_record(mcrobust.repair(a, clean, second=b, **kept, **settings))
+
+    grid.timed(step / "path.json", path)
+    single = {key: value for key, value in settings.items() if key != "num_points"}
+    for name, model in (("finetune_a", a), ("finetune_b", b)):
+        grid.timed(
+            step / f"{name}.json",
+            partial(grid.second_end_alone, "finetune", model, clean, single, step / name, evaluate),
+        )
+    grid.timed(step / "fineprune_a.json", partial(fine_pruning_alone, a, clean, single, step / "fineprune", evaluate))
+    grid.timed(
+        step / "scratch.json", partial(grid.second_end_alone, "scratch", a, clean, single, step / "scratch", evaluate)
+    )
+
+
+def interval(fraction: float, n: int) -> str:
+    low, high = wilson_interval(fraction, n) or (float("nan"), float("nan"))
+    return f"{fraction:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def measured(result: dict[str, Any]) -> str:
+    """'clean / ASR / RA' with 95% Wilson intervals of one evaluated model ('diverged' for a stage that did)."""
+    if "failed" in result:
+        return "diverged" if "diverged" in result["failed"] else "failed"
+    n, m = result["n_clean"] if "n_clean" in result else result["n"], result["n_triggered"]
+    return f"{interval(result['clean_acc'], n)} / {interval(result['asr'], m)} / {interval(result['ra'], m)}"
+
+
+def two_model_table(out: Path) -> str:
+    """One line per (cell, N): both models, the chosen path point and every baseline."""
+    columns = ("cell", "epochs", "N", "model A", "model B", "path (chosen t)", "fine-tune A", "fine-tune B")
+    columns += ("fine-prune A", "scratch", "path s")
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    summary = []
+    studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
+    for folder, study in studies:
+        ends = [json.loads((folder / name).read_text()) for name in ("tampered.json", "tampered_1.json")]
+        epochs = study.name.removeprefix("two_model_e") if study.name != "two_model" else str(grid.Budget.repair_epochs)
+        for size in SIZES:
+            step = study / f"N{size}"
+            files = {name: step / f"{name}.json" for name in ("path", *BASELINES)}
+            if not all(file.is_file() for file in files.values()):
+                continue
+            results = {name: json.loads(file.read_text()) for name, file in files.items()}
+            if "failed" in results["path"]:
+                lines.append(f"| {folder.name} | {epochs} | {size} | path failed: {results['path']['failed']} |")
+                continue
+            path = results["path"]
+            chosen = grid.point(path["rows"], path["t"])
+            cells = [measured(ends[0]), measured(ends[1]), measured(chosen) + f" (t={path['t']:.2f})"]
+            cells += [measured(results[name]) for name in BASELINES]
+            lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + f" | {path['seconds']:.0f} |")
+            summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
+    return "\n".join(lines + [""] + summary)
+
+
+MATCHED_ASR = 0.05
+"""ASR differences up to this count as matched when the path is compared with a fine-tuned end."""
+
+
+def dominates(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """`first` is at least as clean and at most MATCHED_ASR more backdoored than `second`, and strictly cleaner."""
+    return first["clean_acc"] > second["clean_acc"] and first["asr"] <= second["asr"] + MATCHED_ASR
+
+
+def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dict[str, Any]) -> str:
+    """Issue 14's comparison of the path's chosen point with both fine-tuned ends, at matched ASR.
+
+    The path wins when it dominates a fine-tuned end and neither dominates it; it loses when either does; otherwise
+    (one has the lower ASR, the other the higher clean accuracy) it is a trade-off.
+    """
+    tuned = [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
+    if any(dominates(end, chosen) for end in tuned):
+        verdict = "loses"
+    elif any(dominates(chosen, end) for end in tuned):
+        verdict = "wins"
+    else:
+        verdict = "trade-off"
+    ends = ", ".join(f"{end['clean_acc']:.3f} / {end['asr']:.3f}" for end in tuned)
+    return f"- {cell} N={size}: path {chosen['clean_acc']:.3f} / {chosen['asr']:.3f}, fine-tuned ends {ends}: {verdict}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with train/ and test/ class folders")
+    parser.add_argument("--out", type=Path, default=Path("runs/cifar10_grid"))
+    parser.add_argument("--cells", nargs="+", help="cells to run, in this order (e.g. vgg_small_bn-patch-r10)")
+    parser.add_argument("--epochs", type=int, help="epochs of every repair stage (default: the grid's Budget)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="the N to run")
+    parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
+    parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(two_model_table(args.out))
+        return 0
+    if not args.cells:
+        parser.error("--cells: name the cells to run (e.g. vgg_small_bn-patch-r10)")
+    torch.set_num_threads(1)
+    budget = grid.Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else grid.Budget()
+    if args.epochs is not None:
+        budget = dataclasses.replace(budget, repair_epochs=args.epochs)
+    known = {grid.cell_name(*cell): cell for cell in grid.cells()}
+    unknown = [name for name in args.cells if name not in known]
+    if unknown:
+        parser.error(f"--cells: unknown cell {unknown[0]!r}; one of {', '.join(known)}")
+    train, test = grid.load_data(args.data, args.out / "cache")
+    for name in args.cells:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+        run_two_model(*known[name], train, test, args.out, budget, tuple(args.sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

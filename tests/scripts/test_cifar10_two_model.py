@@ -1,0 +1,69 @@
+"""scripts/cifar10_two_model.py: the verdict of the path against fine-tuning, and the table read from result files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import cifar10_two_model as two  # noqa: E402
+
+
+def result(clean: float, asr: float, ra: float = 0.1) -> dict:
+    return {"clean_acc": clean, "asr": asr, "ra": ra, "n": 2000, "n_triggered": 1800}
+
+
+def verdict(path: dict, a: dict, b: dict) -> str:
+    return two.beats_fine_tuning("cell", 50, path, {"finetune_a": a, "finetune_b": b}).rsplit(": ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("path", "a", "b", "expected"),
+    [
+        (result(0.80, 0.05), result(0.70, 0.06), result(0.75, 0.90), "wins"),  # cleaner at matched ASR
+        (result(0.80, 0.05), result(0.85, 0.08), result(0.60, 0.05), "loses"),  # a fine-tuned end is cleaner
+        (result(0.80, 0.90), result(0.40, 0.10), result(0.30, 0.20), "trade-off"),  # cleaner, but keeps the backdoor
+        (result(0.50, 0.05), result(0.55, 0.90), result(0.52, 0.95), "trade-off"),  # removes it, at a clean cost
+    ],
+)
+def test_the_path_wins_only_when_cleaner_at_matched_asr(path, a, b, expected):
+    assert verdict(path, a, b) == expected
+
+
+def test_a_diverged_fine_tuning_is_left_out_of_the_comparison():
+    diverged = {"failed": "training diverged at step 8: the loss is nan"}
+    assert verdict(result(0.8, 0.05), diverged, result(0.7, 0.05)) == "wins"
+    assert two.measured(diverged) == "diverged"
+
+
+def test_measured_gives_95_percent_wilson_intervals():
+    text = two.measured(result(0.5, 0.1, 0.2))
+    clean, asr, ra = text.split(" / ")
+    assert clean == "0.500 [0.48, 0.52]"  # 1.96 * sqrt(0.25 / 2000) = 0.022
+    assert asr.startswith("0.100 [0.09, 0.11]") and ra.startswith("0.200 [0.18, 0.22]")
+
+
+def test_the_table_reads_every_finished_size_and_budget(tmp_path):
+    cell = tmp_path / "vgg_small_bn-patch-r10"
+    for name in ("tampered.json", "tampered_1.json"):
+        (cell / name).parent.mkdir(parents=True, exist_ok=True)
+        (cell / name).write_text(json.dumps(result(0.8, 0.95)))
+    rows = [{"t": t, "n_clean": 2000, **result(0.78, 0.04)} for t in (0.0, 0.5, 1.0)]
+    for study, size in (("two_model", 500), ("two_model_e16", 50)):
+        step = cell / study / f"N{size}"
+        step.mkdir(parents=True)
+        (step / "path.json").write_text(json.dumps({"t": 0.5, "rows": rows, "seconds": 12.0}))
+        for name in two.BASELINES:
+            (step / f"{name}.json").write_text(json.dumps(result(0.7, 0.9)))
+    (cell / "two_model" / "N2500").mkdir()  # unfinished: no line
+
+    table = two.two_model_table(tmp_path)
+
+    lines = [line for line in table.splitlines() if line.startswith("| vgg")]
+    assert [line.split(" | ")[1:3] for line in lines] == [["4", "500"], ["16", "50"]]
+    assert "(t=0.50)" in lines[0]
+    assert table.count(": wins") == 2
