@@ -154,7 +154,7 @@ def run_size(
         kept = {"trigger": trigger, "target": grid.TARGET, "eval": eval_set, "out": step / "path"}
         return grid.repair_record(mcrobust.repair(a, clean, second=b, **kept, **settings))
 
-    grid.timed(step / "path.json", path)
+    grid.timed(step / path_file(settings["num_points"]), path)
     single = {key: value for key, value in settings.items() if key != "num_points"}
     for name, model in (("finetune_a", a), ("finetune_b", b)):
         grid.timed(
@@ -165,6 +165,18 @@ def run_size(
     grid.timed(
         step / "scratch.json", partial(grid.second_end_alone, "scratch", a, clean, single, step / "scratch", evaluate)
     )
+
+
+def path_file(num_points: int) -> str:
+    """The path's result at the grid's 5 points is `path.json`; a re-evaluation of the same trained path at more
+    points (`--num-points`, the path is resumed, not retrained) is `path_p<points>.json`."""
+    return "path.json" if num_points == grid.Budget.num_points else f"path_p{num_points}.json"
+
+
+def finest_path(step: Path) -> Path:
+    """The path's result evaluated at the most points."""
+    refined = sorted(step.glob("path_p*.json"), key=lambda file: int(file.stem.removeprefix("path_p")))
+    return refined[-1] if refined else step / "path.json"
 
 
 def interval(fraction: float, n: int) -> str:
@@ -192,7 +204,7 @@ def two_model_table(out: Path) -> str:
         epochs = study.name.removeprefix("two_model_e") if study.name != "two_model" else str(grid.Budget.repair_epochs)
         for size in SIZES:
             step = study / f"N{size}"
-            files = {name: step / f"{name}.json" for name in ("path", *BASELINES)}
+            files = {"path": finest_path(step)} | {name: step / f"{name}.json" for name in BASELINES}
             if not all(file.is_file() for file in files.values()):
                 continue
             results = {name: json.loads(file.read_text()) for name, file in files.items()}
@@ -201,7 +213,11 @@ def two_model_table(out: Path) -> str:
                 continue
             path = results["path"]
             chosen = grid.point(path["rows"], path["t"])
-            cells = [measured(ends[0]), measured(ends[1]), measured(chosen) + f" (t={path['t']:.2f})"]
+            cells = [
+                measured(ends[0]),
+                measured(ends[1]),
+                measured(chosen) + f" (t={path['t']:g} of {len(path['rows'])})",
+            ]
             cells += [measured(results[name]) for name in BASELINES]
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + f" | {path['seconds']:.0f} |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
@@ -240,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/cifar10_grid"))
     parser.add_argument("--cells", nargs="+", help="cells to run, in this order (e.g. vgg_small_bn-patch-r10)")
     parser.add_argument("--epochs", type=int, help="epochs of every repair stage (default: the grid's Budget)")
+    parser.add_argument("--num-points", type=int, help="evaluated t of the path (default: the grid's Budget)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="the N to run")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
@@ -253,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = grid.Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else grid.Budget()
     if args.epochs is not None:
         budget = dataclasses.replace(budget, repair_epochs=args.epochs)
+    if args.num_points is not None:
+        budget = dataclasses.replace(budget, num_points=args.num_points)
     known = {grid.cell_name(*cell): cell for cell in grid.cells()}
     unknown = [name for name in args.cells if name not in known]
     if unknown:

@@ -47,7 +47,7 @@ def test_measured_gives_95_percent_wilson_intervals():
     assert asr.startswith("0.100 [0.09, 0.11]") and ra.startswith("0.200 [0.18, 0.22]")
 
 
-def test_the_table_reads_every_finished_size_and_budget(tmp_path):
+def test_the_table_reads_every_finished_size_and_budget_at_the_most_points(tmp_path):
     cell = tmp_path / "vgg_small_bn-patch-r10"
     for name in ("tampered.json", "tampered_1.json"):
         (cell / name).parent.mkdir(parents=True, exist_ok=True)
@@ -60,10 +60,12 @@ def test_the_table_reads_every_finished_size_and_budget(tmp_path):
         for name in two.BASELINES:
             (step / f"{name}.json").write_text(json.dumps(result(0.7, 0.9)))
     (cell / "two_model" / "N2500").mkdir()  # unfinished: no line
+    finer = [{"t": t / 8, "n_clean": 2000, **result(0.78, 0.04)} for t in range(9)]
+    (cell / "two_model_e16" / "N50" / "path_p9.json").write_text(json.dumps({"t": 0.375, "rows": finer, "seconds": 3}))
 
     table = two.two_model_table(tmp_path)
 
     lines = [line for line in table.splitlines() if line.startswith("| vgg")]
     assert [line.split(" | ")[1:3] for line in lines] == [["4", "500"], ["16", "50"]]
-    assert "(t=0.50)" in lines[0]
+    assert "(t=0.5 of 3)" in lines[0] and "(t=0.375 of 9)" in lines[1]  # the re-evaluation at more points wins
     assert table.count(": wins") == 2
