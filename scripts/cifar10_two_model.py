@@ -225,12 +225,16 @@ def two_model_table(out: Path) -> str:
 
 
 MATCHED_ASR = 0.05
-"""ASR differences up to this count as matched when the path is compared with a fine-tuned end."""
+MATCHED_CLEAN = 0.01
+"""Differences up to these count as matched when the path is compared with a fine-tuned end (the 95% half-widths
+on 2,000 / 1,800 images are about 0.022)."""
 
 
 def dominates(first: dict[str, Any], second: dict[str, Any]) -> bool:
-    """`first` is at least as clean and at most MATCHED_ASR more backdoored than `second`, and strictly cleaner."""
-    return first["clean_acc"] > second["clean_acc"] and first["asr"] <= second["asr"] + MATCHED_ASR
+    """`first` is no worse than `second` in clean accuracy and ASR (up to the matched margins) and better in one."""
+    clean, asr = first["clean_acc"] - second["clean_acc"], first["asr"] - second["asr"]
+    no_worse = clean >= -MATCHED_CLEAN and asr <= MATCHED_ASR
+    return no_worse and (clean > MATCHED_CLEAN or asr < -MATCHED_ASR)
 
 
 def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dict[str, Any]) -> str:

@@ -28,9 +28,11 @@ def verdict(path: dict, a: dict, b: dict) -> str:
         (result(0.80, 0.05), result(0.85, 0.08), result(0.60, 0.05), "loses"),  # a fine-tuned end is cleaner
         (result(0.80, 0.90), result(0.40, 0.10), result(0.30, 0.20), "trade-off"),  # cleaner, but keeps the backdoor
         (result(0.50, 0.05), result(0.55, 0.90), result(0.52, 0.95), "trade-off"),  # removes it, at a clean cost
+        (result(0.45, 0.30), result(0.451, 0.915), result(0.49, 0.92), "wins"),  # as clean as one, far less ASR
+        (result(0.80, 0.05), result(0.805, 0.07), result(0.795, 0.06), "trade-off"),  # matched within the margins
     ],
 )
-def test_the_path_wins_only_when_cleaner_at_matched_asr(path, a, b, expected):
+def test_the_path_wins_when_it_dominates_a_fine_tuned_end_and_none_dominates_it(path, a, b, expected):
     assert verdict(path, a, b) == expected
 
 
