@@ -221,9 +221,11 @@ def two_model_table(out: Path) -> str:
             cells += [measured(results[name]) for name in BASELINES]
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + f" | {path['seconds']:.0f} |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
-    return "\n".join(lines + [""] + summary)
+    return "\n".join(lines + [""] + summary + ["", "The path against fine-tuning, cells per outcome:"] + tally(summary))
 
 
+KEPT_ASR = 0.5
+"""A chosen point above this ASR kept the backdoor, whatever its clean accuracy."""
 MATCHED_ASR = 0.05
 MATCHED_CLEAN = 0.01
 """Differences up to these count as matched when the path is compared with a fine-tuned end (the 95% half-widths
@@ -237,21 +239,42 @@ def dominates(first: dict[str, Any], second: dict[str, Any]) -> bool:
     return no_worse and (clean > MATCHED_CLEAN or asr < -MATCHED_ASR)
 
 
-def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dict[str, Any]) -> str:
-    """Issue 14's comparison of the path's chosen point with both fine-tuned ends, at matched ASR.
+def verdict(chosen: dict[str, Any], tuned: list[dict[str, Any]]) -> str:
+    """Issue 14's comparison of the path's chosen point with the fine-tuned ends, at matched ASR.
 
     The path wins when it dominates a fine-tuned end and neither dominates it; it loses when either does; otherwise
     (one has the lower ASR, the other the higher clean accuracy) it is a trade-off.
     """
-    tuned = [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
     if any(dominates(end, chosen) for end in tuned):
-        verdict = "loses"
-    elif any(dominates(chosen, end) for end in tuned):
-        verdict = "wins"
-    else:
-        verdict = "trade-off"
+        return "loses"
+    if not any(dominates(chosen, end) for end in tuned):
+        return "trade-off"
+    return "wins" if chosen["asr"] <= KEPT_ASR else "wins, but keeps the backdoor"
+
+
+def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dict[str, Any]) -> str:
+    """One line of the comparison: the chosen point, both fine-tuned ends (a diverged one left out), the verdict."""
+    tuned = [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
     ends = ", ".join(f"{end['clean_acc']:.3f} / {end['asr']:.3f}" for end in tuned)
-    return f"- {cell} N={size}: path {chosen['clean_acc']:.3f} / {chosen['asr']:.3f}, fine-tuned ends {ends}: {verdict}"
+    return f"- {cell} N={size}: path {chosen['clean_acc']:.3f} / {chosen['asr']:.3f}, fine-tuned ends {ends}: " + (
+        verdict(chosen, tuned)
+    )
+
+
+def tally(lines: list[str]) -> list[str]:
+    """How often the path won, lost or traded off, per budget and N, from the comparison lines."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for line in lines:
+        head, outcome = line.rsplit(": ", 1)
+        budget, size = head.split("(", 1)[1].split(" epochs)")[0], head.rsplit("N=", 1)[1].split(":")[0]
+        key = (budget, size)
+        counts.setdefault(key, {})[outcome] = counts.get(key, {}).get(outcome, 0) + 1
+    ordered = sorted(counts, key=lambda key: (int(key[0]), -int(key[1])))
+    return [
+        f"- {budget} epochs, N={size}: "
+        + ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts[(budget, size)].items()))
+        for budget, size in ordered
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ def verdict(path: dict, a: dict, b: dict) -> str:
         (result(0.50, 0.05), result(0.55, 0.90), result(0.52, 0.95), "trade-off"),  # removes it, at a clean cost
         (result(0.45, 0.30), result(0.451, 0.915), result(0.49, 0.92), "wins"),  # as clean as one, far less ASR
         (result(0.80, 0.05), result(0.805, 0.07), result(0.795, 0.06), "trade-off"),  # matched within the margins
+        (result(0.52, 1.0), result(0.51, 1.0), result(0.49, 1.0), "wins, but keeps the backdoor"),
     ],
 )
 def test_the_path_wins_when_it_dominates_a_fine_tuned_end_and_none_dominates_it(path, a, b, expected):
@@ -70,4 +71,5 @@ def test_the_table_reads_every_finished_size_and_budget_at_the_most_points(tmp_p
     lines = [line for line in table.splitlines() if line.startswith("| vgg")]
     assert [line.split(" | ")[1:3] for line in lines] == [["4", "500"], ["16", "50"]]
     assert "(t=0.5 of 3)" in lines[0] and "(t=0.375 of 9)" in lines[1]  # the re-evaluation at more points wins
-    assert table.count(": wins") == 2
+    assert table.count(": wins\n") == 2
+    assert table.endswith("- 4 epochs, N=500: wins 1\n- 16 epochs, N=50: wins 1")
