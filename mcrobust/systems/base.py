@@ -130,6 +130,11 @@ class ClassificationSystem(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # -------------------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        """Train every module. Lightning keeps the modes submodules arrive in, and a net handed over after
+        `model.eval()` (how most models are shared) would train with frozen BatchNorm statistics and no dropout."""
+        self.train()
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self.net(x)

@@ -90,6 +90,7 @@ class FinePruningSystem(EndpointSystem):
 
     def on_fit_start(self) -> None:
         """Prune a freshly loaded network (a resumed run restored its mask and zeros from the checkpoint)."""
+        super().on_fit_start()
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise ConfigError("fine-pruning needs the RobustDataModule (its bonafide data rank the channels)")
