@@ -39,7 +39,7 @@ def test_a_net_handed_over_in_eval_mode_trains_in_train_mode(system_class, tmp_p
     statistics = {key: value.clone() for key, value in net.state_dict().items() if key.endswith("running_mean")}
     system = system_class(net, init_weights=str(start), optimizer=partial(torch.optim.SGD, lr=0.01))
     probe = ModeProbe()
-    trainer = quiet_trainer(max_steps=2, callbacks=[probe], limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[probe], limit_val_batches=0, num_sanity_val_steps=0)
     data = RobustDataModule(batch_size=32, train_on="bonafide", bonafide=BonafideSettings(size=100))
 
     trainer.fit(system, data)
