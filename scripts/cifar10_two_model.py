@@ -25,6 +25,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ def two_model_table(out: Path) -> str:
     columns = ("cell", "epochs", "N", "model A", "model B", "path (chosen t)", "fine-tune A", "fine-tune B")
     columns += ("fine-prune A", "scratch", "path s")
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    summary = []
+    summary, outcomes = [], []
     studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
     for folder, study in studies:
         ends = [json.loads((folder / name).read_text()) for name in ("tampered.json", "tampered_1.json")]
@@ -221,7 +222,10 @@ def two_model_table(out: Path) -> str:
             cells += [measured(results[name]) for name in BASELINES]
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + f" | {path['seconds']:.0f} |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
-    return "\n".join(lines + [""] + summary + ["", "The path against fine-tuning, cells per outcome:"] + tally(summary))
+            outcomes.append((int(epochs), size, summary[-1].rsplit(": ", 1)[1]))
+    return "\n".join(
+        lines + [""] + summary + ["", "The path against fine-tuning, cells per outcome:"] + tally(outcomes)
+    )
 
 
 KEPT_ASR = 0.5
@@ -261,19 +265,14 @@ def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dic
     )
 
 
-def tally(lines: list[str]) -> list[str]:
-    """How often the path won, lost or traded off, per budget and N, from the comparison lines."""
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for line in lines:
-        head, outcome = line.rsplit(": ", 1)
-        budget, size = head.split("(", 1)[1].split(" epochs)")[0], head.rsplit("N=", 1)[1].split(":")[0]
-        key = (budget, size)
-        counts.setdefault(key, {})[outcome] = counts.get(key, {}).get(outcome, 0) + 1
-    ordered = sorted(counts, key=lambda key: (int(key[0]), -int(key[1])))
+def tally(outcomes: list[tuple[int, int, str]]) -> list[str]:
+    """How often the path won, lost or traded off, per budget (epochs) and N."""
+    counts = Counter(outcomes)
+    keys = sorted({(epochs, size) for epochs, size, _ in outcomes}, key=lambda key: (key[0], -key[1]))
     return [
-        f"- {budget} epochs, N={size}: "
-        + ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts[(budget, size)].items()))
-        for budget, size in ordered
+        f"- {epochs} epochs, N={size}: "
+        + ", ".join(f"{outcome} {n}" for (e, z, outcome), n in sorted(counts.items()) if (e, z) == (epochs, size))
+        for epochs, size in keys
     ]
 
 
