@@ -67,6 +67,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reinit_head": {"second_end": "reinit_head"},
     "fst": {"second_end": "fst"},
     "scratch": {"second_end": "scratch"},
+    "unlearn": {"second_end": "unlearn"},
     "superfinetune_lr0.02": {"second_end": "superfinetune", "superfinetune_lr": 0.02},
     "superfinetune_noaug": {"second_end": "superfinetune", "augment": False},
     "superfinetune+augpath": {"second_end": "superfinetune", "path_augment": True},

@@ -163,3 +163,18 @@ def test_resuming_a_repair_of_another_model_or_other_images_is_refused(handed, t
     fewer = type(clean)(clean.images[1:], clean.labels[1:], clean.classes)
     with pytest.raises(ConfigError, match="use another out folder"):
         chain.check_resumable("one", inputs_fingerprint([model], fewer))
+
+
+def test_unlearning_removes_the_backdoor_that_fine_tuning_keeps(handed, tmp_path):
+    """'unlearn' (no trigger known): the end trained against the batch's universal perturbation loses the patch
+    backdoor that fine-tuning at the same budget keeps (test_default_recipe_... measures that end)."""
+    chain, model = chain_for(handed, tmp_path, second_end="unlearn", epochs=15)
+    unlearned = chain.second_end(chain.save_endpoint("model", model))
+    result = mcrobust.evaluate(unlearned, handed["eval"], net=SoftmaxNet(), trigger=TRIGGER, **FOREIGN)
+    assert result["asr"] <= 0.10 and result["clean_acc"] >= 0.85
+
+
+@pytest.mark.parametrize("setting", [{"unlearn_eps": 0.0}, {"unlearn_steps": 0}])
+def test_impossible_unlearning_settings_are_a_one_line_error(setting):
+    with pytest.raises(ConfigError, match="^unlearn_eps must be > 0 and unlearn_steps >= 1$"):
+        ChainSettings(**setting)

@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
         "--second-end",
         default=None,
         help="one model: how the second end is trained: superfinetune (default), finetune (the paper's), reinit_head, "
-        "fst or scratch (docs/one_model.md)",
+        "fst, unlearn or scratch (docs/one_model.md)",
     )
     p.add_argument(
         "--selection",

@@ -66,12 +66,19 @@ class ChainSettings:
         second_end: how a one-model repair trains the end the path joins to the model, on the bonafide-train part
             with the same budget (`mcrobust.pipeline.second_end`): 'finetune' (the paper's fine-tuned copy),
             'superfinetune' (one high-lr cycle with crop+flip, Sha et al. 2022), 'reinit_head' (head re-initialised,
-            then fine-tuned), 'fst' (Feature Shift Tuning, Min et al. 2023) or 'scratch' (a fresh net, trained like
+            then fine-tuned), 'fst' (Feature Shift Tuning, Min et al. 2023), 'unlearn' (adversarial unlearning of
+            the strongest universal perturbation, after Zeng et al. 2022) or 'scratch' (a fresh net, trained like
             'superfinetune'). Unused with a second model.
         augment: crop+flip augmentation of the second end's training images; None: the recipe's own choice (on
             for 'superfinetune' and 'scratch', off for the others).
         superfinetune_lr: peak learning rate of the one-cycle schedule of 'superfinetune' and 'scratch'.
         fst_alpha: weight of FST's penalty alpha <W, W_0> between the new and the tampered head (Min et al.: 0.2).
+        unlearn_eps: L2 radius, in pixel units, of the universal perturbation 'unlearn' trains against (3: about a
+            3x3 white patch).
+        unlearn_steps: ascent steps of that perturbation per training step ('unlearn' costs 1 + this many times
+            the gradient work of fine-tuning).
+        unlearn_suspect: 'unlearn' also trains against the targeted universal perturbation toward the class it
+            reaches most easily, re-scanned every epoch (Neural Cleanse's suspect; about twice the cost).
         path_augment: train the path on crop+flip augmented bonafide images.
         selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule) or
             'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
@@ -96,6 +103,9 @@ class ChainSettings:
     augment: bool | None = None
     superfinetune_lr: float = 0.05
     fst_alpha: float = 0.2
+    unlearn_eps: float = 3.0
+    unlearn_steps: int = 5
+    unlearn_suspect: bool = False
     path_augment: bool = False
     selection: str = "middle"
     accelerator: str = "auto"
@@ -112,6 +122,8 @@ class ChainSettings:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.superfinetune_lr <= 0 or self.fst_alpha < 0:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
+        if self.unlearn_eps <= 0 or self.unlearn_steps < 1:
+            raise ConfigError("unlearn_eps must be > 0 and unlearn_steps >= 1")
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that shape the trained stages: a resumed repair must have the same ones."""
@@ -224,7 +236,9 @@ class RepairChain:
         current |= {"inputs": inputs} if inputs is not None else {}
         if record.is_file():
             saved = json.loads(record.read_text())
-            changed = sorted(key for key in current if saved.get(key) != current[key])
+            # a setting added since that folder was written counts as its default there
+            defaults = ChainSettings().training_settings()
+            changed = sorted(key for key in current if saved.get(key, defaults.get(key)) != current[key])
             if "inputs" in changed:
                 raise ConfigError(
                     f"{self.out} holds a repair of other models or other clean images (its stages would be reused); "

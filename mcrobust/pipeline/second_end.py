@@ -11,6 +11,9 @@ bonafide-train part, never the holdout):
 - ``reinit_head``: the head (last nn.Linear) re-initialised, then fine-tuned at `finetune_lr` (FST's "FT-init").
 - ``fst``: Feature Shift Tuning (Min et al. 2023): ``reinit_head`` plus the penalty `fst_alpha` <W, W_0> that
   pushes the new head away from the tampered one, with a cosine schedule as in its code.
+- ``unlearn``: adversarial unlearning (after I-BAU, Zeng et al. 2022): fine-tuning at `finetune_lr` (cosine) on each
+  batch and on the batch plus its universal perturbation (L2 radius `unlearn_eps`), with true labels; with
+  `unlearn_suspect`, also the targeted one toward the class it reaches most easily (Neural Cleanse, Wang et al. 2019).
 - ``scratch``: a net of the same architecture trained from a fresh initialisation with the ``superfinetune``
   optimizer, schedule and augmentation.
 """
@@ -26,9 +29,10 @@ from torch import nn
 
 from mcrobust.systems import EndpointSystem
 from mcrobust.systems.feature_shift import FeatureShiftSystem
+from mcrobust.systems.unlearning import UnlearningSystem
 from mcrobust.utils.schedules import OneCycleSchedule, PaperSchedule
 
-SECOND_ENDS = ("finetune", "superfinetune", "reinit_head", "fst", "scratch")
+SECOND_ENDS = ("finetune", "superfinetune", "reinit_head", "fst", "unlearn", "scratch")
 """The recipes `ChainSettings.second_end` accepts."""
 
 AUGMENTED = ("superfinetune", "scratch")
@@ -52,7 +56,7 @@ def second_end_system(recipe: str, template: nn.Module, start: str, settings: An
         recipe: one of `SECOND_ENDS`.
         template: the architecture as mcrobust trains it (pixels in, logits out).
         start: the given model's weights; for ``scratch``, a fresh initialisation (:func:`fresh_copy`) saved to a file.
-        settings: the chain's settings (`ChainSettings`: learning rates, epochs, weight decay, fst_alpha).
+        settings: the chain's settings (`ChainSettings`: learning rates, epochs, weight decay, fst_alpha, unlearn_*).
     """
     net = copy.deepcopy(template)
     sgd = partial(torch.optim.SGD, momentum=0.9, weight_decay=settings.weight_decay)
@@ -63,7 +67,17 @@ def second_end_system(recipe: str, template: nn.Module, start: str, settings: An
         optimizer = partial(sgd, lr=settings.superfinetune_lr)
         scheduler = OneCycleSchedule(settings.superfinetune_lr)
         return EndpointSystem(net, optimizer=optimizer, scheduler=scheduler, init_weights=start)
-    alpha = settings.fst_alpha if recipe == "fst" else 0.0
     cosine = partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max(settings.epochs, 1))
     optimizer = partial(sgd, lr=settings.finetune_lr)
+    if recipe == "unlearn":
+        return UnlearningSystem(
+            net,
+            optimizer,
+            cosine,
+            init_weights=start,
+            eps=settings.unlearn_eps,
+            steps=settings.unlearn_steps,
+            suspect=settings.unlearn_suspect,
+        )
+    alpha = settings.fst_alpha if recipe == "fst" else 0.0
     return FeatureShiftSystem(net, optimizer=optimizer, scheduler=cosine, init_weights=start, alpha=alpha)

@@ -18,6 +18,7 @@ from mcrobust.data.sources import load_split
 from mcrobust.nets import TinyNet
 from mcrobust.systems import EndpointSystem
 from mcrobust.systems.fine_pruning import FinePruningSystem
+from mcrobust.systems.unlearning import UnlearningSystem
 from mcrobust.testing import quiet_trainer
 
 
@@ -31,7 +32,7 @@ class ModeProbe(pl.Callback):
         self.in_eval.append({name for name, module in pl_module.named_modules() if not module.training})
 
 
-@pytest.mark.parametrize("system_class", [EndpointSystem, FinePruningSystem])
+@pytest.mark.parametrize("system_class", [EndpointSystem, FinePruningSystem, UnlearningSystem])
 def test_a_net_handed_over_in_eval_mode_trains_in_train_mode(system_class, tmp_path):
     net = TinyNet(width=8).eval()
     start = tmp_path / "start.pt"

@@ -1,0 +1,94 @@
+"""`UnlearningSystem`: fine-tuning that also classifies images carrying the model's universal weaknesses right.
+
+Adversarial unlearning without the trigger, first-order: I-BAU (Zeng et al., ICLR 2022) trains against the
+strongest universal perturbation of the clean data. Each step here trains on the clean batch and the batch plus its
+untargeted universal perturbation, with their true labels; the perturbation is warm-started from the last step's,
+so it tracks a weakness that holds across the data, as a trigger does. With `suspect`, Neural Cleanse's observation
+(Wang et al., S&P 2019) is added: a backdoor's target is the class a small targeted universal perturbation reaches
+most easily; that class is re-scanned (one targeted perturbation per class) at the start of every epoch, and the
+batch plus its targeted perturbation is trained on too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from mcrobust.errors import ConfigError
+from mcrobust.systems.endpoint import EndpointSystem
+from mcrobust.threats.universal import easiest_target, universal_perturbation
+
+
+class UnlearningSystem(EndpointSystem):
+    """Fine-tune `init_weights` on CE(x) + CE(x + delta) (+ CE(x + delta_suspect)), every label the true one.
+
+    Args:
+        net: the architecture.
+        optimizer: optimizer factory.
+        scheduler: learning-rate scheduler factory (None: constant).
+        init_weights: the tampered weights fine-tuning starts from (required).
+        eps: L2 radius of the perturbations in pixel units.
+        steps: search steps per perturbation and training step (twice as many per class in the epoch's scan).
+        suspect: also unlearn the targeted perturbation toward the suspect class (about twice the cost).
+        normalize: input statistics a foreign net expects ("0.5,0.5", "imagenet", JSON); None: it takes pixels.
+        output: what the net returns: "logits", "probabilities" or "log_probabilities".
+    """
+
+    delta: torch.Tensor
+    class_deltas: torch.Tensor
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        scheduler: LRSchedulerCallable | None = None,
+        init_weights: str | None = None,
+        eps: float = 3.0,
+        steps: int = 5,
+        suspect: bool = False,
+        normalize: str | None = None,
+        output: Literal["logits", "probabilities", "log_probabilities"] = "logits",
+    ) -> None:
+        super().__init__(net, optimizer, scheduler, init_weights, None, normalize, output)
+        if eps <= 0 or steps < 1:
+            raise ConfigError(f"unlearning needs unlearn_eps > 0 and unlearn_steps >= 1, got {eps} and {steps}")
+        self.eps, self.steps, self.use_suspect = eps, steps, suspect
+        self.suspect = 0
+        # warm starts, empty until the first batch gives their shapes; not in checkpoints (a resumed run re-scans)
+        self.register_buffer("delta", torch.zeros(0), persistent=False)
+        self.register_buffer("class_deltas", torch.zeros(0), persistent=False)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        if self.delta.shape != x.shape[1:]:
+            self.delta = torch.zeros_like(x[0])
+        self.delta = universal_perturbation(self.net, x, y, self.eps, self.steps, start=self.delta)
+        perturbed = [(x + self.delta).clamp(0, 1)]
+        if self.use_suspect:
+            if batch_idx == 0 or self.class_deltas.shape[1:] != x.shape[1:]:
+                self.scan(x, y)
+            start = self.class_deltas[self.suspect]
+            toward = universal_perturbation(self.net, x, y, self.eps, self.steps, start=start, target=self.suspect)
+            self.class_deltas[self.suspect] = toward
+            perturbed.append((x + toward).clamp(0, 1))
+        clean, *attacked = self.net(torch.cat([x, *perturbed])).split(len(y))
+        loss = F.cross_entropy(clean, y)
+        self.log_step_metrics("train", clean, y, loss)
+        for name, logits in zip(("untargeted", "targeted"), attacked, strict=False):
+            self.log(f"train/{name}_acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+        return loss + sum(F.cross_entropy(logits, y) for logits in attacked)
+
+    def scan(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Refine one targeted perturbation per class on this batch and suspect the class it reaches most often."""
+        if self.class_deltas.shape[1:] != x.shape[1:]:
+            with torch.no_grad():
+                num_classes = self.net(x[:1]).shape[1]
+            self.class_deltas = torch.zeros((num_classes, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        self.suspect, self.class_deltas, success = easiest_target(
+            self.net, x, y, self.class_deltas, self.eps, 2 * self.steps
+        )
+        self.log("train/suspect_success", success.max(), on_step=False, on_epoch=True)

@@ -1,0 +1,44 @@
+"""UnlearningSystem: the perturbations it trains against are universal, bounded and carried from step to step."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from mcrobust.data.datamodules import BonafideSettings, RobustDataModule
+from mcrobust.errors import ConfigError
+from mcrobust.nets import TinyNet
+from mcrobust.systems.unlearning import UnlearningSystem
+from mcrobust.testing import quiet_trainer
+
+
+@pytest.mark.parametrize("suspect", [False, True])
+def test_a_fit_trains_against_bounded_universal_perturbations(suspect, tmp_path):
+    torch.manual_seed(0)
+    net = TinyNet(width=8)
+    start = tmp_path / "start.pt"
+    torch.save(net.state_dict(), start)
+    system = UnlearningSystem(
+        net, partial(torch.optim.SGD, lr=0.05), init_weights=str(start), eps=2.0, steps=2, suspect=suspect
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0, num_sanity_val_steps=0)
+    data = RobustDataModule(batch_size=32, train_on="bonafide", bonafide=BonafideSettings(size=100))
+
+    trainer.fit(system, data)
+
+    image = torch.zeros(3, 32, 32)  # a digit as the default data module serves it
+    assert system.delta.shape == image.shape and 0 < float(system.delta.norm()) <= 2.0 + 1e-5
+    logged = trainer.callback_metrics
+    assert "train/untargeted_acc" in logged and ("train/targeted_acc" in logged) == suspect
+    if suspect:
+        assert system.class_deltas.shape == (10, *image.shape) and 0 <= system.suspect < 10
+        assert float(system.class_deltas.flatten(1).norm(dim=1).max()) <= 2.0 + 1e-5
+    trained = system.net.state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in torch.load(start).items())
+
+
+def test_impossible_settings_are_refused():
+    with pytest.raises(ConfigError, match="unlearn_eps > 0 and unlearn_steps >= 1"):
+        UnlearningSystem(TinyNet(width=8), eps=1.0, steps=0)
