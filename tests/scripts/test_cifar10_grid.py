@@ -1,0 +1,65 @@
+"""scripts/cifar10_grid.py: issue 14's bar counted per candidate recipe from a cell's result files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import cifar10_grid as grid  # noqa: E402
+
+SIGNALS = {"relative_weight_distance": 0.05, "changed_predictions": 0.3, "logit_agreement": 0.9}
+
+
+def repair(points: list[tuple[float, float, float]], t: float, warned: bool = True) -> dict:
+    """A repair file: (clean, ASR, holdout accuracy) at t = 0, 0.25, ..., 1."""
+    rows = [
+        {"t": i / 4, "clean_acc": c, "asr": a, "holdout_acc": h, "n_clean": 2000, "n_triggered": 1800}
+        for i, (c, a, h) in enumerate(points)
+    ]
+    return {"t": t, "rows": rows, "distance_from_model": SIGNALS, "warnings": ["w"] if warned else [], "seconds": 9}
+
+
+def write_cell(folder: Path, unlearn: list[tuple[float, float, float]]) -> None:
+    folder.mkdir(parents=True)
+    kept = [(0.50, 0.95, 0.50)] * 5
+    files = {
+        "tampered": {"train_seconds": 1, "clean_acc": 0.50, "asr": 0.95},
+        "repair_finetune": repair(kept, 0.5),
+        "repair_superfinetune": repair(kept, 0.5),
+        "fst": {"clean_acc": 0.45, "asr": 0.05, "seconds": 3},
+        "repair_unlearn": repair(unlearn, 0.5),
+    }
+    for name, content in files.items():
+        (folder / f"{name}.json").write_text(json.dumps(content))
+
+
+def test_the_bar_is_counted_per_candidate_on_the_cells_fine_tuning_left_backdoored(tmp_path):
+    # cell a: the path's middle removes the backdoor within 3 points; the far rule takes t = 0.75 (within one SE)
+    write_cell(
+        tmp_path / "a",
+        [(0.50, 0.95, 0.50), (0.51, 0.40, 0.49), (0.49, 0.05, 0.49), (0.48, 0.02, 0.48), (0.44, 0.01, 0.40)],
+    )
+    # cell b: the backdoor survives until the end, which costs 8 points
+    write_cell(
+        tmp_path / "b",
+        [(0.50, 0.95, 0.50), (0.50, 0.90, 0.50), (0.50, 0.60, 0.50), (0.48, 0.30, 0.40), (0.42, 0.08, 0.30)],
+    )
+    (tmp_path / "cache").mkdir()  # a folder without results is not a cell
+
+    text = grid.table(tmp_path)
+
+    assert "| a | 0.500 / 0.950 | 0.440 / 0.010 | 0.490 / 0.050 (t=0.50) | 0.480 / 0.020 (t=0.75) | yes | 9 |" in text
+    assert "| b | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) | 0.500 / 0.600 (t=0.50) | yes | 9 |" in text
+    assert "2 cells finished; fine-tuning left ASR > 0.5 on 2." in text
+    assert bar("unlearning alone (t = 1)", 2, 0) in text  # both ends clean, both at a cost of 6-8 points
+    assert bar("the path to the unlearned end, middle rule", 1, 1) in text
+    assert bar("the path to the unlearned end, far rule", 1, 1) in text
+    assert bar("FST alone", 2, 0) in text
+    assert bar("the default path (super-fine-tuned end, middle rule)", 0, 0) in text
+
+
+def bar(name: str, removed: int, met: int) -> str:
+    return f"- {name}: ASR <= 0.10 on {removed} of 2, and with clean accuracy within 3 points of the model on {met}."
