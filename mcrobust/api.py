@@ -157,11 +157,12 @@ def repair(
     """Repair a (possibly) tampered model with a path in weight space trained on clean data only.
 
     One model: a second end is trained from it on the bonafide-train part of `clean` (`second_end`: by default
-    super-fine-tuning, one high-learning-rate cycle with crop+flip; 'finetune' is the paper's protocol, which leaves
-    backdoors in place, docs/one_model.md) and the path joins the two; two models: the path joins them. Every t is
-    evaluated, t is chosen on the clean holdout (never with the trigger: the interior point closest to 0.5, or with
-    selection='far' the farthest from the model, whose holdout accuracy is within the tolerance of the best), the point
-    is exported, and a warning is recorded when it stayed so close to the model that a backdoor probably survived.
+    adversarial unlearning, fine-tuning that also trains against the batch's universal perturbation; 'finetune' is the
+    paper's protocol, which leaves backdoors in place, docs/one_model.md) and the path joins the two; two models: the
+    path joins them. Every t is evaluated, t is chosen on the clean holdout (never with the trigger: the interior
+    point closest to 0.5, or with selection='far' the farthest from the model, whose holdout accuracy is within the
+    tolerance of the best), the point is exported, and a warning is recorded when it stayed so close to the model
+    that a backdoor probably survived.
 
     Args:
         model: the suspicious model, an nn.Module or a checkpoint file (then `net` is its architecture).
@@ -272,12 +273,14 @@ def _record(
 
 def _next_try(settings: Any) -> str:
     """What to try after a repair that stayed near the model: what the one-model study and the CIFAR-10 row found."""
-    if settings.second_end == "finetune":
-        return "try second_end='superfinetune' (--second-end) or a second, independently trained model (--second)"
-    return (
-        "try more epochs (--epochs), second_end='fst' with selection='far' (--second-end fst --selection far), "
-        "or a second, independently trained model (--second)"
-    )
+    if settings.second_end != "unlearn":
+        return "try second_end='unlearn' (--second-end) or a second, independently trained model (--second)"
+    if not settings.unlearn_suspect:
+        return (
+            "try unlearn_suspect=True (--unlearn-suspect), more epochs (--epochs), or a second, independently trained "
+            "model (--second)"
+        )
+    return "try more epochs (--epochs), second_end='fst' (--second-end fst), or a second model (--second)"
 
 
 def _export(point: nn.Module, folder: Path, record: dict[str, Any]) -> None:

@@ -372,21 +372,27 @@ HOLDOUT_IMAGES = 250
 
 
 def unlearning_columns(folder: Path) -> dict[str, Any]:
-    """The 'unlearn' repair, when it has run: its end alone (t = 1) and the points the middle and far rules pick."""
-    file = folder / "repair_unlearn.json"
-    result = json.loads(file.read_text()) if file.is_file() else {}
-    if "rows" not in result:
-        return {}
-    rows = result["rows"]
-    far = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=1.0).t
-    middle = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=0.5).t
-    return {
-        "unlearn": pair(point(rows, 1.0)),
-        "unlearn_middle": pair(point(rows, middle)) + (middle,),
-        "unlearn_far": pair(point(rows, far)) + (far,),
-        "unlearn_s": result["seconds"],
-        "unlearn_warned": bool(result["warnings"]),
-    }
+    """The 'unlearn' repairs, when they have run: each end alone (t = 1) and the points the middle and far rules pick.
+
+    ``repair_unlearn.json`` is the default recipe; ``repair_unlearn_suspect.json`` the same with `unlearn_suspect`.
+    """
+    columns: dict[str, Any] = {}
+    for name in ("unlearn", "unlearn_suspect"):
+        file = folder / f"repair_{name}.json"
+        result = json.loads(file.read_text()) if file.is_file() else {}
+        if "rows" not in result:
+            continue
+        rows = result["rows"]
+        far = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=1.0).t
+        middle = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=0.5).t
+        columns |= {
+            name: pair(point(rows, 1.0)),
+            f"{name}_middle": pair(point(rows, middle)) + (middle,),
+            f"{name}_far": pair(point(rows, far)) + (far,),
+            f"{name}_s": result["seconds"],
+            f"{name}_warned": bool(result["warnings"]),
+        }
+    return columns
 
 
 def pair(row: dict[str, Any]) -> tuple[float, float]:
@@ -399,6 +405,9 @@ CANDIDATES = {
     "unlearn": "unlearning alone (t = 1)",
     "unlearn_middle": "the path to the unlearned end, middle rule",
     "unlearn_far": "the path to the unlearned end, far rule",
+    "unlearn_suspect": "unlearning with the suspect class alone (t = 1)",
+    "unlearn_suspect_middle": "the path to that end, middle rule",
+    "unlearn_suspect_far": "the path to that end, far rule",
 }
 """Candidate one-model repairs that issue 14's bar is counted for, by their column in `cell_row`."""
 
@@ -420,19 +429,23 @@ def table(out: Path) -> str:
             f"{r['distance']:.3f} | "
             f"{'yes' if r['warned'] else 'no'} | {r['train_s']:.0f} | {r['repair_s']:.0f} |"
         )
-    unlearned = [r for r in rows if "unlearn" in r]
-    if unlearned:
-        columns = ("cell", "model", "unlearning alone", "path, middle rule", "path, far rule", "warned", "repair s")
+    for name, title in (("unlearn", "unlearning"), ("unlearn_suspect", "unlearning with the suspect class")):
+        unlearned = [r for r in rows if name in r]
+        if not unlearned:
+            continue
+        columns = ("cell", "model", f"{title} alone", "path, middle rule", "path, far rule", "warned", "repair s")
         lines += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         lines += [
-            f"| {r['cell']} | {fmt(r['model'])} | {fmt(r['unlearn'])} | {fmt(r['unlearn_middle'])} | "
-            f"{fmt(r['unlearn_far'])} | {'yes' if r['unlearn_warned'] else 'no'} | {r['unlearn_s']:.0f} |"
+            f"| {r['cell']} | {fmt(r['model'])} | {fmt(r[name])} | {fmt(r[f'{name}_middle'])} | "
+            f"{fmt(r[f'{name}_far'])} | {'yes' if r[f'{name}_warned'] else 'no'} | {r[f'{name}_s']:.0f} |"
             for r in unlearned
         ]
     eligible = [r for r in rows if r["finetune"][1] > 0.5]
     lines += ["", f"{len(rows)} cells finished; fine-tuning left ASR > 0.5 on {len(eligible)}. On those:"]
     for key, name in CANDIDATES.items():
         measured = [r for r in eligible if key in r]
+        if not measured:
+            continue
         removed = [r for r in measured if r[key][1] <= 0.10]
         met = [r for r in removed if r["model"][0] - r[key][0] <= 0.03]
         lines.append(

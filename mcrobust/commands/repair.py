@@ -47,8 +47,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--second-end",
         default=None,
-        help="one model: how the second end is trained: superfinetune (default), finetune (the paper's), reinit_head, "
-        "fst, unlearn or scratch (docs/one_model.md)",
+        help="one model: how the second end is trained: unlearn (default), superfinetune, finetune (the paper's), "
+        "reinit_head, fst or scratch (docs/one_model.md)",
+    )
+    p.add_argument(
+        "--unlearn-suspect",
+        action="store_true",
+        help="unlearn also the targeted universal perturbation toward the class it reaches most easily (2x the cost)",
     )
     p.add_argument(
         "--selection",

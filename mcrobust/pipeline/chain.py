@@ -64,7 +64,8 @@ class ChainSettings:
             one standard error of the best on the holdout images (at least one image).
         seed: seed of the split, the training and the evaluation.
         second_end: how a one-model repair trains the end the path joins to the model, on the bonafide-train part
-            with the same budget (`mcrobust.pipeline.second_end`): 'finetune' (the paper's fine-tuned copy),
+            with the same budget (`mcrobust.pipeline.second_end`; default 'unlearn', chosen on the CIFAR-10 grid
+            of docs/results.md): 'finetune' (the paper's fine-tuned copy),
             'superfinetune' (one high-lr cycle with crop+flip, Sha et al. 2022), 'reinit_head' (head re-initialised,
             then fine-tuned), 'fst' (Feature Shift Tuning, Min et al. 2023), 'unlearn' (adversarial unlearning of
             the strongest universal perturbation, after Zeng et al. 2022) or 'scratch' (a fresh net, trained like
@@ -99,7 +100,7 @@ class ChainSettings:
     holdout: float = 0.1
     selection_tolerance: float | None = None
     seed: int = 0
-    second_end: str = "superfinetune"
+    second_end: str = "unlearn"
     augment: bool | None = None
     superfinetune_lr: float = 0.05
     fst_alpha: float = 0.2

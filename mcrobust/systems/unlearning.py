@@ -58,6 +58,7 @@ class UnlearningSystem(EndpointSystem):
             raise ConfigError(f"unlearning needs unlearn_eps > 0 and unlearn_steps >= 1, got {eps} and {steps}")
         self.eps, self.steps, self.use_suspect = eps, steps, suspect
         self.suspect = 0
+        self.suspects: list[int] = []  # the suspect of every scan, first to last
         # warm starts, empty until the first batch gives their shapes; not in checkpoints (a resumed run re-scans)
         self.register_buffer("delta", torch.zeros(0), persistent=False)
         self.register_buffer("class_deltas", torch.zeros(0), persistent=False)
@@ -91,4 +92,6 @@ class UnlearningSystem(EndpointSystem):
         self.suspect, self.class_deltas, success = easiest_target(
             self.net, x, y, self.class_deltas, self.eps, 2 * self.steps
         )
+        self.suspects.append(self.suspect)
+        self.log("train/suspect", float(self.suspect), on_step=False, on_epoch=True)
         self.log("train/suspect_success", success.max(), on_step=False, on_epoch=True)

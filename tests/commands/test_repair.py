@@ -25,10 +25,12 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
             "far",
             "--second-end",
             "fst",
+            "--unlearn-suspect",
         ]
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
+    assert seen["unlearn_suspect"] is True
 
 
 def test_an_unknown_selection_is_one_line(capsys):
