@@ -10,9 +10,12 @@ model at a time with `mcrobust.repair` on N bonafide images drawn from one half 
 on the other half:
 
 * the paper's recipe (second end = fine-tuned copy; its t = 1 is plain fine-tuning at the same budget),
-* the default recipe of `mcrobust repair` (second end = super-fine-tuned copy; its t = 1 is super-fine-tuning,
-  Sha et al. 2022),
-* Feature Shift Tuning (Min et al. 2023) on its own, the other published fine-tuning purification.
+* super-fine-tuning (Sha et al. 2022; the previous default; its t = 1 is that purification on its own),
+* Feature Shift Tuning (Min et al. 2023) on its own, the other published fine-tuning purification,
+* adversarial unlearning (`second_end='unlearn'`, the default of `mcrobust repair` chosen on this grid).
+
+`--recipes` picks the second ends to run; the grid's first cells also have the path to the FST end, and
+`repair_unlearn_suspect.json` (the same with `unlearn_suspect=True`) is read where it exists.
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
@@ -400,7 +403,7 @@ def pair(row: dict[str, Any]) -> tuple[float, float]:
 
 
 CANDIDATES = {
-    "default_path": "the default path (super-fine-tuned end, middle rule)",
+    "default_path": "the path to the super-fine-tuned end (the previous default), middle rule",
     "fst": "FST alone",
     "unlearn": "unlearning alone (t = 1)",
     "unlearn_middle": "the path to the unlearned end, middle rule",
@@ -416,7 +419,7 @@ def table(out: Path) -> str:
     """The markdown tables of the finished cells, and issue 14's criterion on the cells fine-tuning left backdoored."""
     rows = [row for folder in sorted(out.iterdir()) if folder.is_dir() and (row := cell_row(folder))]
     fmt = lambda p: "-" if p is None else f"{p[0]:.3f} / {p[1]:.3f}" + (f" (t={p[2]:.2f})" if len(p) > 2 else "")  # noqa: E731
-    columns = ("cell", "model", "fine-tuning", "paper path", "super-FT", "FST", "default path", "FST path")
+    columns = ("cell", "model", "fine-tuning", "paper path", "super-FT", "FST", "super-FT path", "FST path")
     columns += ("rel. distance",)
     columns += ("warned", "train s", "repair s")
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]

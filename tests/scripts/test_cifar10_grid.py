@@ -58,7 +58,7 @@ def test_the_bar_is_counted_per_candidate_on_the_cells_fine_tuning_left_backdoor
     assert bar("the path to the unlearned end, middle rule", 1, 1) in text
     assert bar("the path to the unlearned end, far rule", 1, 1) in text
     assert bar("FST alone", 2, 0) in text
-    assert bar("the default path (super-fine-tuned end, middle rule)", 0, 0) in text
+    assert bar("the path to the super-fine-tuned end (the previous default), middle rule", 0, 0) in text
 
 
 def bar(name: str, removed: int, met: int) -> str:
