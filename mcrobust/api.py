@@ -159,9 +159,10 @@ def repair(
     One model: a second end is trained from it on the bonafide-train part of `clean` (`second_end`: by default
     adversarial unlearning, fine-tuning that also trains against the batch's universal perturbation; 'finetune' is the
     paper's protocol, which leaves backdoors in place, docs/one_model.md) and the path joins the two; two models: the
-    path joins them. Every t is evaluated, t is chosen on the clean holdout (never with the trigger: the interior
-    point closest to 0.5, or with selection='far' the farthest from the model, whose holdout accuracy is within the
-    tolerance of the best), the point is exported, and a warning is recorded when it stayed so close to the model
+    path joins them. Every t is evaluated, t is chosen on the clean holdout (never with the trigger: among the
+    interior points whose holdout accuracy is within the tolerance of the best, by default the one farthest from the
+    model with one model and the one closest to 0.5 with two; `selection` 'middle' or 'far' forces one rule), the
+    point is exported, and a warning is recorded when it stayed so close to the model
     that a backdoor probably survived.
 
     Args:
@@ -194,6 +195,7 @@ def repair(
         if epochs is not None:
             settings["epochs"] = epochs
         chain_settings = ChainSettings(seed=seed, **settings)
+        chain_settings.resolve_selection(one_model=second is None)
         first = adapt_net(as_module(model, net), normalize, output)
         other = adapt_net(as_module(second, net, "second"), normalize, output) if second is not None else None
         found, target = _trigger_and_target(trigger, target)

@@ -403,6 +403,7 @@ def pair(row: dict[str, Any]) -> tuple[float, float]:
 
 
 CANDIDATES = {
+    "superfinetune": "super-fine-tuning alone (t = 1)",
     "default_path": "the path to the super-fine-tuned end (the previous default), middle rule",
     "fst": "FST alone",
     "unlearn": "unlearning alone (t = 1)",

@@ -78,10 +78,12 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
         **BUDGET,
     )
     assert result.record["settings"]["second_end"] == ChainSettings().second_end != "finetune"
+    assert result.record["settings"]["selection"] == "far"  # 'auto' with one model
     metrics = result.record["metrics"]
     assert 0 < result.t < 1
-    # the default here costs 3.6 points (0.961 -> 0.925 at t = 0.5); on the five study models 2.2 on average
-    assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.04
+    # the far rule costs 5 points here (0.961 -> 0.911 at t = 0.9): the 30-image holdout is flat from t = 0.2 to 0.9
+    # (docs/one_model.md); on CIFAR-10 it is what removes the backdoors the middle point keeps (docs/results.md)
+    assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.06
     assert not result.warnings and not near_tampered(result.record["distance_from_model"])
     # the exported file is the point measured, and it is not simply the second end
     again = mcrobust.evaluate(
@@ -112,6 +114,14 @@ def test_unknown_recipe_or_rule_is_a_one_line_error(setting):
     with pytest.raises(ConfigError, match=f"^{setting} must be one of") as error:
         ChainSettings(**{setting: "bogus"})
     assert "\n" not in str(error.value)
+
+
+def test_the_default_rule_is_far_with_one_model_and_the_papers_middle_with_two():
+    one, two, forced = ChainSettings(), ChainSettings(), ChainSettings(selection="middle")
+    one.resolve_selection(one_model=True)
+    two.resolve_selection(one_model=False)
+    forced.resolve_selection(one_model=True)
+    assert (one.selection, two.selection, forced.selection) == ("far", "middle", "middle")
 
 
 def test_resuming_with_another_recipe_is_refused(handed, tmp_path):

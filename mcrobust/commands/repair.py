@@ -57,10 +57,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--selection",
-        default="middle",
-        choices=("middle", "far"),
-        help="which t within the holdout tolerance is exported: middle (closest to 0.5, the paper's) or far (farthest "
-        "from the model; docs/one_model.md)",
+        default="auto",
+        choices=("auto", "middle", "far"),
+        help="which t within the holdout tolerance is exported: middle (closest to 0.5, the paper's), far (farthest "
+        "from the model; docs/one_model.md), or auto (default: far with one model, middle with two)",
     )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the evaluation")

@@ -40,7 +40,7 @@ from mcrobust.threats.triggers import Trigger
 from mcrobust.utils.schedules import PaperSchedule
 
 STEPS = "steps"
-SELECTIONS = ("middle", "far")
+SELECTIONS = ("auto", "middle", "far")
 UNTRAINED = ("num_points", "selection_tolerance", "selection", "accelerator", "progress")
 """ChainSettings that change no trained weights: free to differ when a repair resumes."""
 
@@ -81,9 +81,10 @@ class ChainSettings:
         unlearn_suspect: 'unlearn' also trains against the targeted universal perturbation toward the class it
             reaches most easily, re-scanned every epoch (Neural Cleanse's suspect; about twice the cost).
         path_augment: train the path on crop+flip augmented bonafide images.
-        selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule) or
+        selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule),
             'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
-            cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md).
+            cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), or 'auto':
+            'far' with one model (chosen on the CIFAR-10 grid, docs/results.md), 'middle' with two.
         accelerator: Lightning accelerator ('auto', 'cpu', 'gpu').
         progress: show progress bars.
     """
@@ -108,7 +109,7 @@ class ChainSettings:
     unlearn_steps: int = 5
     unlearn_suspect: bool = False
     path_augment: bool = False
-    selection: str = "middle"
+    selection: str = "auto"
     accelerator: str = "auto"
     progress: bool = True
 
@@ -125,6 +126,11 @@ class ChainSettings:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
         if self.unlearn_eps <= 0 or self.unlearn_steps < 1:
             raise ConfigError("unlearn_eps must be > 0 and unlearn_steps >= 1")
+
+    def resolve_selection(self, one_model: bool) -> None:
+        """Replace 'auto' by the rule for this repair: 'far' with one model, 'middle' (the paper's) with two."""
+        if self.selection == "auto":
+            self.selection = "far" if one_model else "middle"
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that shape the trained stages: a resumed repair must have the same ones."""
