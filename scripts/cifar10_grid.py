@@ -416,6 +416,11 @@ CANDIDATES = {
 """Candidate one-model repairs that issue 14's bar is counted for, by their column in `cell_row`."""
 
 
+def bold(text: str, emphasised: bool) -> str:
+    """Markdown bold for the column of `mcrobust repair`'s default (the unlearning path, far rule)."""
+    return f"**{text}**" if emphasised else text
+
+
 def table(out: Path) -> str:
     """The markdown tables of the finished cells, and issue 14's criterion on the cells fine-tuning left backdoored."""
     rows = [row for folder in sorted(out.iterdir()) if folder.is_dir() and (row := cell_row(folder))]
@@ -429,7 +434,7 @@ def table(out: Path) -> str:
     for r in rows:
         lines.append(
             f"| {r['cell']} | {fmt(r['model'])} | {fmt(r['finetune'])} | {fmt(r['paper_path'])} | "
-            f"{fmt(r['superfinetune'])} | {fmt(r['fst'])} | **{fmt(r['default_path'])}** | {fmt(r['fst_path'])} | "
+            f"{fmt(r['superfinetune'])} | {fmt(r['fst'])} | {fmt(r['default_path'])} | {fmt(r['fst_path'])} | "
             f"{r['distance']:.3f} | "
             f"{'yes' if r['warned'] else 'no'} | {r['train_s']:.0f} | {r['repair_s']:.0f} |"
         )
@@ -441,7 +446,8 @@ def table(out: Path) -> str:
         lines += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         lines += [
             f"| {r['cell']} | {fmt(r['model'])} | {fmt(r[name])} | {fmt(r[f'{name}_middle'])} | "
-            f"{fmt(r[f'{name}_far'])} | {'yes' if r[f'{name}_warned'] else 'no'} | {r[f'{name}_s']:.0f} |"
+            f"{bold(fmt(r[f'{name}_far']), name == 'unlearn')} | {'yes' if r[f'{name}_warned'] else 'no'} | "
+            f"{r[f'{name}_s']:.0f} |"
             for r in unlearned
         ]
     eligible = [r for r in rows if r["finetune"][1] > 0.5]

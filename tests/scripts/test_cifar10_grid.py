@@ -51,8 +51,12 @@ def test_the_bar_is_counted_per_candidate_on_the_cells_fine_tuning_left_backdoor
 
     text = grid.table(tmp_path)
 
-    assert "| a | 0.500 / 0.950 | 0.440 / 0.010 | 0.490 / 0.050 (t=0.50) | 0.480 / 0.020 (t=0.75) | yes | 9 |" in text
-    assert "| b | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) | 0.500 / 0.600 (t=0.50) | yes | 9 |" in text
+    assert (
+        "| a | 0.500 / 0.950 | 0.440 / 0.010 | 0.490 / 0.050 (t=0.50) | **0.480 / 0.020 (t=0.75)** | yes | 9 |" in text
+    )
+    assert (
+        "| b | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) | **0.500 / 0.600 (t=0.50)** | yes | 9 |" in text
+    )
     assert "2 cells finished; fine-tuning left ASR > 0.5 on 2." in text
     assert bar("unlearning alone (t = 1)", 2, 0) in text  # both ends clean, both at a cost of 6-8 points
     assert bar("the path to the unlearned end, middle rule", 1, 1) in text
