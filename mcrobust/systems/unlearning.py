@@ -21,6 +21,7 @@ from torch import nn
 from mcrobust.errors import ConfigError
 from mcrobust.systems.endpoint import EndpointSystem
 from mcrobust.threats.universal import easiest_target, universal_perturbation
+from mcrobust.utils.modes import eval_mode
 
 
 class UnlearningSystem(EndpointSystem):
@@ -86,7 +87,7 @@ class UnlearningSystem(EndpointSystem):
     def scan(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Refine one targeted perturbation per class on this batch and suspect the class it reaches most often."""
         if self.class_deltas.shape[1:] != x.shape[1:]:
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(self.net):  # one image in train mode would nudge (or break) BatchNorm
                 num_classes = self.net(x[:1]).shape[1]
             self.class_deltas = torch.zeros((num_classes, *x.shape[1:]), device=x.device, dtype=x.dtype)
         self.suspect, self.class_deltas, success = easiest_target(

@@ -6,6 +6,7 @@ from functools import partial
 
 import pytest
 import torch
+from torch import nn
 
 from mcrobust.data.datamodules import BonafideSettings, RobustDataModule
 from mcrobust.errors import ConfigError
@@ -42,3 +43,15 @@ def test_a_fit_trains_against_bounded_universal_perturbations(suspect, tmp_path)
 def test_impossible_settings_are_refused():
     with pytest.raises(ConfigError, match="unlearn_eps > 0 and unlearn_steps >= 1"):
         UnlearningSystem(TinyNet(width=8), eps=1.0, steps=0)
+
+
+def test_the_first_scan_leaves_a_batchnorm1d_head_alone():
+    """The scan sizes its class perturbations from one image: in eval mode, so a BatchNorm1d head neither breaks
+    (one value per channel in train mode) nor moves its running statistics."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    system = UnlearningSystem(net, eps=1.0, steps=1, suspect=True)
+    system.log = lambda *args, **kwargs: None  # no trainer to log to
+    net.train()
+    before = net[2].running_mean.clone()
+    system.scan(torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert system.class_deltas.shape == (4, 3, 8, 8) and torch.equal(net[2].running_mean, before) and net.training
