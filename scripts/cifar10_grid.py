@@ -15,7 +15,7 @@ on the other half:
 * adversarial unlearning (`second_end='unlearn'`, the default of `mcrobust repair` chosen on this grid).
 
 `--recipes` picks the second ends to run; the grid's first cells also have the path to the FST end, and
-`repair_unlearn_suspect.json` (the same with `unlearn_suspect=True`) is read where it exists.
+`--recipes unlearn_suspect` adds unlearning with `unlearn_suspect=True` (`repair_unlearn_suspect.json`).
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
@@ -57,6 +57,10 @@ TRIGGERS = {
 RATES = (0.1, 0.2)
 RECIPES = ("finetune", "superfinetune", "fst", "unlearn")
 """Second ends of the one-model repairs: the paper's, super-fine-tuning, FST, and adversarial unlearning."""
+RECIPE_SETTINGS = {recipe: {"second_end": recipe} for recipe in RECIPES} | {
+    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True}
+}
+"""`mcrobust.repair` settings of every recipe `--recipes` may name (the default ones and `unlearn_suspect`)."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,7 @@ def run_cell(
                     trigger=trigger,
                     target=TARGET,
                     eval=eval_set,
-                    second_end=recipe,
+                    **RECIPE_SETTINGS[recipe],
                     out=folder / recipe,
                     **settings,
                 )
@@ -472,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/cifar10_grid"))
     parser.add_argument("--worker", default="0/1", help="k/n: run every n-th cell starting at k")
     parser.add_argument("--cells", nargs="*", help="only these cells (e.g. preresnet20-patch-r10)")
-    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), help="second ends to repair with")
+    parser.add_argument(
+        "--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPE_SETTINGS), help="second ends to repair with"
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
     parser.add_argument("--budget-study", action="store_true", help="super-fine-tuning budgets on finished cells")

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mcrobust.threats.evasion import _TINY  # the zero-gradient guard PGD uses
 from mcrobust.utils.modes import eval_mode, gradients_on
-
-_TINY = 1e-12
 
 
 def project_l2(delta: Tensor, eps: float) -> Tensor:
@@ -36,7 +35,7 @@ def universal_perturbation(
     Args:
         model: pixels in [0,1] to logits; run in eval mode (BN statistics untouched), its parameters' grads untouched.
         x, y: a batch of images in [0,1] and their true labels.
-        eps: L2 radius of delta in pixel units (for one image: a 3x3 white patch is about 3).
+        eps: L2 radius of delta in pixel units (a 3x3 white patch on CIFAR-10 images: 2.3 on average, up to 4.9).
         steps: steps, each of length 2.5 eps / steps (the PGD convention); 0 returns the start.
         start: where the search starts (a warm start from the previous batch); None: zero.
         target: None: ascend the loss of the true labels (untargeted); a class: descend the loss of that class.

@@ -67,3 +67,12 @@ def test_the_bar_is_counted_per_candidate_on_the_cells_fine_tuning_left_backdoor
 
 def bar(name: str, removed: int, met: int) -> str:
     return f"- {name}: ASR <= 0.10 on {removed} of 2, and with clean accuracy within 3 points of the model on {met}."
+
+
+def test_every_recipe_maps_to_settings_repair_accepts():
+    from mcrobust.pipeline.chain import ChainSettings
+
+    for settings in grid.RECIPE_SETTINGS.values():
+        ChainSettings(**settings)  # __post_init__ refuses an unknown second end or a bad combination
+    assert grid.RECIPE_SETTINGS["unlearn_suspect"] == {"second_end": "unlearn", "unlearn_suspect": True}
+    assert set(grid.RECIPES) < set(grid.RECIPE_SETTINGS)
