@@ -192,3 +192,8 @@ def test_the_suspect_scan_finds_the_backdoor_target_without_the_trigger(handed, 
 def test_impossible_unlearning_settings_are_a_one_line_error(setting):
     with pytest.raises(ConfigError, match="^unlearn_eps must be > 0 and unlearn_steps >= 1$"):
         ChainSettings(**setting)
+
+
+def test_a_suspect_scan_without_unlearning_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="^unlearn_suspect needs second_end 'unlearn', got 'finetune'"):
+        ChainSettings(second_end="finetune", unlearn_suspect=True)

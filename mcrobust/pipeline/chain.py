@@ -126,6 +126,10 @@ class ChainSettings:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
         if self.unlearn_eps <= 0 or self.unlearn_steps < 1:
             raise ConfigError("unlearn_eps must be > 0 and unlearn_steps >= 1")
+        if self.unlearn_suspect and self.second_end != "unlearn":
+            raise ConfigError(
+                f"unlearn_suspect needs second_end 'unlearn', got {self.second_end!r}: drop one of the two settings"
+            )
 
     def resolve_selection(self, one_model: bool) -> None:
         """Replace 'auto' by the rule for this repair: 'far' with one model, 'middle' (the paper's) with two."""

@@ -25,12 +25,18 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
             "far",
             "--second-end",
             "fst",
-            "--unlearn-suspect",
         ]
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
-    assert seen["unlearn_suspect"] is True
+    assert seen["unlearn_suspect"] is False
+    seen.clear()
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--unlearn-suspect"]
+        )
+    )
+    assert seen["unlearn_suspect"] is True and seen.get("second_end", "unlearn") == "unlearn"
 
 
 def test_an_unknown_selection_is_one_line(capsys):
