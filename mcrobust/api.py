@@ -157,13 +157,14 @@ def repair(
     """Repair a (possibly) tampered model with a path in weight space trained on clean data only.
 
     One model: a second end is trained from it on the bonafide-train part of `clean` (`second_end`: by default
-    adversarial unlearning, fine-tuning that also trains against the batch's universal perturbation; 'finetune' is the
-    paper's protocol, which leaves backdoors in place, docs/one_model.md) and the path joins the two; two models: the
-    path joins them. Every t is evaluated, t is chosen on the clean holdout (never with the trigger: among the
-    interior points whose holdout accuracy is within the tolerance of the best, by default the one farthest from the
-    model with one model and the one closest to 0.5 with two; `selection` 'middle' or 'far' forces one rule), the
-    point is exported, and a warning is recorded when it stayed so close to the model
-    that a backdoor probably survived.
+    adversarial unlearning, fine-tuning that also trains against the batch's universal perturbation and the targeted
+    one toward the class it reaches most easily; 'finetune' is the paper's protocol, which leaves backdoors in place,
+    docs/one_model.md) and the path joins the two; two models: the path joins them. Every t is evaluated, and t is
+    chosen without the trigger: with one model, the point nearest the model among those the clean holdout accepts
+    where a scan of universal perturbations no longer finds the model's suspect class (`selection` 'scan'); with
+    two, the paper's point closest to 0.5 among those within the holdout's tolerance of the best ('middle'; 'far'
+    forces the farthest from the model). The point is exported, and a warning is recorded when the scan cleared no
+    point (or, without a scan, when the point stayed so close to the model that a backdoor probably survived).
 
     Args:
         model: the suspicious model, an nn.Module or a checkpoint file (then `net` is its architecture).
@@ -212,9 +213,12 @@ def repair(
         t = evaluation.summary.get("selected_t")
         if t is None:
             raise ConfigError("no t could be chosen: the clean holdout is empty")
+        cleared = None
+        if chain_settings.selection == "scan":
+            t, _, cleared = chain.scan_selection(system, evaluation)
         point = chain.point(system, t)
         signals = distance_signals(first.cpu(), point, data.eval_dataloader(data.bonafide_dataset("holdout")))
-        record = _record(t, evaluation.rows, chain_settings, signals, [model, second, clean, eval, trigger])
+        record = _record(t, evaluation.rows, chain_settings, signals, [model, second, clean, eval, trigger], cleared)
         _export(point, folder, record)
         warnings = record["warnings"]
         return RepairResult(unwrap_net(point), t, evaluation.rows, evaluation.summary, record, folder, warnings)
@@ -241,19 +245,33 @@ def near_tampered(signals: dict[str, float]) -> bool:
 
 
 def _record(
-    t: float, rows: Sequence[dict[str, Any]], settings: Any, signals: dict[str, float], inputs: list[Any]
+    t: float,
+    rows: Sequence[dict[str, Any]],
+    settings: Any,
+    signals: dict[str, float],
+    inputs: list[Any],
+    cleared: bool | None = None,
 ) -> dict[str, Any]:
-    """repaired.json: the chosen t, its metrics, the distance signals, input hashes, seed and versions."""
+    """repaired.json: the chosen t, its metrics, the distance signals, input hashes, seed and versions.
+
+    `cleared`: None without a suspect scan (the weight-distance rule warns), else whether the scan cleared a point.
+    """
     import pytorch_lightning
 
     row = next(r for r in rows if abs(r["t"] - t) < 1e-9)
     warnings = []
-    if near_tampered(signals):
+    if cleared is None and near_tampered(signals):  # with selection 'scan' the scan's verdict replaces this guess
         warnings.append(
             "probably not removed: the exported point barely differs from the given model "
             f"(relative weight distance {signals['relative_weight_distance']:.3f} < "
             f"{NEAR_TAMPERED['relative_weight_distance']}, {signals['changed_predictions']:.1%} of holdout predictions "
             f"changed); a backdoor it carried is likely still there - {_next_try(settings)}"
+        )
+    if cleared is False:
+        warnings.append(
+            f"probably not removed: at every point the holdout accepts, the suspect scan still finds class "
+            f"{row.get('scan_suspect')} reached far more easily than the others (a backdoor's signature); the far "
+            f"point was exported - {_next_try(settings)}"
         )
     paths = [str(p) for p in inputs if isinstance(p, (str, Path))]
     return {

@@ -12,10 +12,13 @@ on the other half:
 * the paper's recipe (second end = fine-tuned copy; its t = 1 is plain fine-tuning at the same budget),
 * super-fine-tuning (Sha et al. 2022; the previous default; its t = 1 is that purification on its own),
 * Feature Shift Tuning (Min et al. 2023) on its own, the other published fine-tuning purification,
-* adversarial unlearning (`second_end='unlearn'`, the default of `mcrobust repair` chosen on this grid).
+* adversarial unlearning (`second_end='unlearn'`; with `unlearn_suspect` and selection 'scan', the default of
+  `mcrobust repair` chosen on this grid).
 
 `--recipes` picks the second ends to run; the grid's first cells also have the path to the FST end, and
-`--recipes unlearn_suspect` adds unlearning with `unlearn_suspect=True` (`repair_unlearn_suspect.json`).
+`--recipes unlearn_suspect` adds unlearning with `unlearn_suspect=True` (`repair_unlearn_suspect.json`), and
+`unlearn_scan` / `unlearn_suspect_scan` choose t on those trained paths again with selection 'scan' (nothing is
+retrained: they resume the recipe's folder; `repair_<recipe>_scan.json`).
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
@@ -57,10 +60,17 @@ TRIGGERS = {
 RATES = (0.1, 0.2)
 RECIPES = ("finetune", "superfinetune", "fst", "unlearn")
 """Second ends of the one-model repairs: the paper's, super-fine-tuning, FST, and adversarial unlearning."""
-RECIPE_SETTINGS = {recipe: {"second_end": recipe} for recipe in RECIPES} | {
-    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True}
+PLAIN = {"unlearn_suspect": False, "selection": "middle"}
+"""The grid's first recipes as they ran: no suspect class, the paper's middle rule (the table reads 'far' off rows)."""
+RECIPE_SETTINGS = {recipe: {"second_end": recipe, **PLAIN} for recipe in RECIPES} | {
+    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "far"},
+    "unlearn_scan": {"second_end": "unlearn", "unlearn_suspect": False, "selection": "scan"},
+    "unlearn_suspect_scan": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "scan"},
 }
-"""`mcrobust.repair` settings of every recipe `--recipes` may name (the default ones and `unlearn_suspect`)."""
+"""`mcrobust.repair` settings of every recipe `--recipes` may name (the default ones, `unlearn_suspect`, and both
+unlearning recipes with selection 'scan')."""
+SHARED_FOLDER = {"unlearn_scan": "unlearn", "unlearn_suspect_scan": "unlearn_suspect"}
+"""Recipes that differ only in the choice of t resume the trained folder of their recipe (nothing is retrained)."""
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,7 @@ def run_cell(
                     target=TARGET,
                     eval=eval_set,
                     **RECIPE_SETTINGS[recipe],
-                    out=folder / recipe,
+                    out=folder / SHARED_FOLDER.get(recipe, recipe),
                     **settings,
                 )
             ),
@@ -399,6 +409,13 @@ def unlearning_columns(folder: Path) -> dict[str, Any]:
             f"{name}_s": result["seconds"],
             f"{name}_warned": bool(result["warnings"]),
         }
+        scanned_file = folder / f"repair_{name}_scan.json"
+        scanned = json.loads(scanned_file.read_text()) if scanned_file.is_file() else {}
+        if "rows" in scanned:  # selection 'scan' on the same trained path
+            columns |= {
+                f"{name}_scan": pair(point(scanned["rows"], scanned["t"])) + (scanned["t"],),
+                f"{name}_scan_warned": bool(scanned["warnings"]),
+            }
     return columns
 
 
@@ -416,13 +433,23 @@ CANDIDATES = {
     "unlearn_suspect": "unlearning with the suspect class alone (t = 1)",
     "unlearn_suspect_middle": "the path to that end, middle rule",
     "unlearn_suspect_far": "the path to that end, far rule",
+    "unlearn_scan": "the path to the unlearned end, scan rule",
+    "unlearn_suspect_scan": "the path to the end unlearned with the suspect class, scan rule",
 }
 """Candidate one-model repairs that issue 14's bar is counted for, by their column in `cell_row`."""
 
 
+DEFAULT = "unlearn_suspect_scan"
+"""The column of `mcrobust repair`'s default (bold in the tables)."""
+
+
 def bold(text: str, emphasised: bool) -> str:
-    """Markdown bold for the column of `mcrobust repair`'s default (the unlearning path, far rule)."""
+    """Markdown bold for the column of `mcrobust repair`'s default."""
     return f"**{text}**" if emphasised else text
+
+
+def yes_no(flag: bool | None) -> str:
+    return "-" if flag is None else "yes" if flag else "no"
 
 
 def table(out: Path) -> str:
@@ -446,12 +473,14 @@ def table(out: Path) -> str:
         unlearned = [r for r in rows if name in r]
         if not unlearned:
             continue
-        columns = ("cell", "model", f"{title} alone", "path, middle rule", "path, far rule", "warned", "repair s")
+        columns = ("cell", "model", f"{title} alone", "path, middle rule", "path, far rule", "path, scan rule")
+        columns += ("warned (far / scan)", "repair s")
         lines += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         lines += [
             f"| {r['cell']} | {fmt(r['model'])} | {fmt(r[name])} | {fmt(r[f'{name}_middle'])} | "
-            f"{bold(fmt(r[f'{name}_far']), name == 'unlearn')} | {'yes' if r[f'{name}_warned'] else 'no'} | "
-            f"{r[f'{name}_s']:.0f} |"
+            f"{bold(fmt(r[f'{name}_far']), f'{name}_far' == DEFAULT)} | "
+            f"{bold(fmt(r.get(f'{name}_scan')), f'{name}_scan' == DEFAULT)} | "
+            f"{yes_no(r[f'{name}_warned'])} / {yes_no(r.get(f'{name}_scan_warned'))} | {r[f'{name}_s']:.0f} |"
             for r in unlearned
         ]
     eligible = [r for r in rows if r["finetune"][1] > 0.5]

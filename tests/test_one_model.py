@@ -78,13 +78,18 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
         **BUDGET,
     )
     assert result.record["settings"]["second_end"] == ChainSettings().second_end != "finetune"
-    assert result.record["settings"]["selection"] == "far"  # 'auto' with one model
+    assert result.record["settings"]["selection"] == "scan"  # 'auto' with one model
+    assert result.record["settings"]["unlearn_suspect"] is True
     metrics = result.record["metrics"]
     assert 0 < result.t < 1
-    # the far rule costs 5 points here (0.961 -> 0.911 at t = 0.9): the 30-image holdout is flat from t = 0.2 to 0.9
-    # (docs/one_model.md); on CIFAR-10 it is what removes the backdoors the middle point keeps (docs/results.md)
-    assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.06
-    assert not result.warnings and not near_tampered(result.record["distance_from_model"])
+    rows = {row["t"]: row for row in result.table}
+    assert rows[0.0]["scan_suspect"] == TRIGGER["target"]  # the scan finds the target from clean images only
+    assert "scan_suspect" not in rows[1.0]  # only the model and the points the holdout accepts are scanned
+    assert "suspect scan clears" in result.summary["rule"]
+    # the far rule cost 5 points here (t = 0.9 at 0.911 / 0.003 against the model's 0.961 / 1.000): the 30-image
+    # holdout is flat from t = 0.2 to 0.9; the scan takes the nearest point it clears (docs/results.md)
+    assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.03
+    assert not result.warnings
     # the exported file is the point measured, and it is not simply the second end
     again = mcrobust.evaluate(
         handed["root"] / "repaired" / "repaired.pt", handed["eval"], net=SoftmaxNet(), trigger=TRIGGER, **FOREIGN
@@ -116,12 +121,28 @@ def test_unknown_recipe_or_rule_is_a_one_line_error(setting):
     assert "\n" not in str(error.value)
 
 
-def test_the_default_rule_is_far_with_one_model_and_the_papers_middle_with_two():
+def test_the_default_rule_is_the_scan_with_one_model_and_the_papers_middle_with_two():
     one, two, forced = ChainSettings(), ChainSettings(), ChainSettings(selection="middle")
     one.resolve_selection(one_model=True)
     two.resolve_selection(one_model=False)
     forced.resolve_selection(one_model=True)
-    assert (one.selection, two.selection, forced.selection) == ("far", "middle", "middle")
+    assert (one.selection, two.selection, forced.selection) == ("scan", "middle", "middle")
+    assert ChainSettings().unlearn_suspect is True and ChainSettings(second_end="fst").unlearn_suspect is False
+
+
+def test_a_folder_from_before_the_suspect_setting_resumes_as_plain_unlearning(handed, tmp_path):
+    import json
+
+    chain, _ = chain_for(handed, tmp_path, unlearn_suspect=False)
+    chain.check_resumable("one")
+    record = tmp_path / "steps" / "chain_settings.json"
+    saved = json.loads(record.read_text())
+    del saved["unlearn_suspect"]  # written before the setting existed: trained without the suspect class
+    record.write_text(json.dumps(saved))
+    chain.check_resumable("one")
+    default, _ = chain_for(handed, tmp_path)  # the suspect class is on by default now: it must not reuse that end
+    with pytest.raises(ConfigError, match="unlearn_suspect=False, this one has True"):
+        default.check_resumable("one")
 
 
 def test_resuming_with_another_recipe_is_refused(handed, tmp_path):
@@ -197,3 +218,8 @@ def test_impossible_unlearning_settings_are_a_one_line_error(setting):
 def test_a_suspect_scan_without_unlearning_is_refused_not_ignored():
     with pytest.raises(ConfigError, match="^unlearn_suspect needs second_end 'unlearn', got 'finetune'"):
         ChainSettings(second_end="finetune", unlearn_suspect=True)
+
+
+def test_the_scan_rule_is_refused_with_two_models():
+    with pytest.raises(ConfigError, match="^selection 'scan' scans the one given model; with a second model use"):
+        ChainSettings(selection="scan").resolve_selection(one_model=False)

@@ -52,15 +52,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--unlearn-suspect",
-        action="store_true",
-        help="unlearn also the targeted universal perturbation toward the class it reaches most easily (2x the cost)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="unlearn also the targeted universal perturbation toward the class it reaches most easily (the default "
+        "with --second-end unlearn; 2x the cost of plain unlearning)",
     )
     p.add_argument(
         "--selection",
         default="auto",
-        choices=("auto", "middle", "far"),
+        choices=("auto", "middle", "far", "scan"),
         help="which t within the holdout tolerance is exported: middle (closest to 0.5, the paper's), far (farthest "
-        "from the model; docs/one_model.md), or auto (default: far with one model, middle with two)",
+        "from the model; docs/one_model.md), scan (nearest the model where a trigger-free scan no longer finds the "
+        "model's suspect class), or auto (default: scan with one model, middle with two)",
     )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the evaluation")
@@ -92,6 +95,7 @@ def _run(args: argparse.Namespace) -> Any:
     net = build_net(args.net, args.net_args)
     # every other option is a keyword of mcrobust.repair (or of ChainSettings) under the same name
     options = {key: value for key, value in vars(args).items() if key not in ("model", "clean", "net", "net_args")}
-    if options.get("second_end") is None:
-        options.pop("second_end", None)  # the chain's default recipe
+    for unset in ("second_end", "unlearn_suspect"):
+        if options.get(unset) is None:
+            options.pop(unset, None)  # the chain's default
     return repair(args.model, args.clean, net=net, **options)

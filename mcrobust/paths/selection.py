@@ -11,13 +11,13 @@ docs/one_model.md): there the backdoor may die anywhere along the path, not near
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mcrobust.errors import ConfigError
 
-__all__ = ["SelectionResult", "select_t", "standard_error_tolerance"]
+__all__ = ["SelectionResult", "select_scanned", "select_t", "standard_error_tolerance"]
 
 # |t - target| is compared after rounding, so grid points equally far from the target tie despite float error
 # (0.6 - 0.5 != 0.5 - 0.4 in binary floating point).
@@ -112,3 +112,38 @@ def select_t(
         "then the smaller t"
     )
     return SelectionResult(chosen, rule, tuple(candidates))
+
+
+def select_scanned(
+    rows: Sequence[Mapping[str, Any]],
+    cleared: Callable[[float], bool],
+    tolerance: float | None = None,
+    count: int | None = None,
+    widen: float = 2.0,
+    column: str = "holdout_acc",
+) -> SelectionResult | None:
+    """The interior t nearest the model (t = 0) that a trigger-free scan clears, among the points the holdout accepts.
+
+    The points within ``tolerance`` of the best interior ``column`` are tried first, nearest to the model first (it
+    keeps the most clean accuracy); then those within ``widen`` times the tolerance (security before one more standard
+    error of clean accuracy). ``cleared(t)`` runs the scan of the point at t, so it is called only until one passes.
+    None when no point passes: the caller falls back to its holdout rule and warns.
+    """
+    pairs = _interior_values(rows, column)
+    best = max(value for _, value in pairs)
+    if tolerance is None:
+        tolerance = standard_error_tolerance(best, count or 0)
+    if not (math.isfinite(tolerance) and tolerance >= 0) or widen < 1:
+        raise ConfigError(f"selection tolerance must be >= 0 and widen >= 1, got {tolerance} and {widen}")
+    tried: set[float] = set()
+    for allowed in (tolerance, widen * tolerance):
+        for t in sorted(t for t, value in pairs if value >= best - allowed - _SLACK and t not in tried):
+            tried.add(t)
+            if cleared(t):
+                rule = (
+                    f"the interior t closest to the model that the suspect scan clears, among those whose {column} is "
+                    f"within {allowed:.4g} of the best interior {column} ({best:.4f}); points within {tolerance:.4g} "
+                    f"are tried first, then within {widen:g} times that"
+                )
+                return SelectionResult(t, rule, tuple(sorted(tried)))
+    return None

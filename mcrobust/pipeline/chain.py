@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from mcrobust.analysis.evaluation import PointEvaluator
+from mcrobust.analysis.suspect import SuspectScan, scan_classes
 from mcrobust.callbacks.path_evaluation import PathEvaluation
 from mcrobust.data.bonafide import split_stratified
 from mcrobust.data.datamodules import BonafideSettings, PoisonSettings, RobustDataModule
@@ -33,16 +34,25 @@ from mcrobust.errors import ConfigError
 from mcrobust.io.checkpoints import save_weights
 from mcrobust.io.tables import write_json
 from mcrobust.paths.batchnorm import recompute_bn
-from mcrobust.paths.selection import select_t
+from mcrobust.paths.selection import select_scanned, select_t
 from mcrobust.pipeline.second_end import AUGMENTED, SECOND_ENDS, fresh_copy, second_end_system
 from mcrobust.systems import CurveSystem
 from mcrobust.threats.triggers import Trigger
 from mcrobust.utils.schedules import PaperSchedule
 
 STEPS = "steps"
-SELECTIONS = ("auto", "middle", "far")
+SELECTIONS = ("auto", "middle", "far", "scan")
 UNTRAINED = ("num_points", "selection_tolerance", "selection", "accelerator", "progress")
 """ChainSettings that change no trained weights: free to differ when a repair resumes."""
+
+
+BEFORE_IT_EXISTED = {"unlearn_suspect": False}
+"""What a repair folder written before a setting existed was trained with, where that differs from its default."""
+SCAN_IMAGES = 500
+"""Holdout images the suspect scan of selection 'scan' runs on (each point costs classes x steps passes of them)."""
+SCAN_RATIO, SCAN_MIN_REACH = 1.5, 0.5
+"""A point still carries the model's suspect when that class leads its scan, reached from over half of the holdout
+images and over 1.5 times the median class's rate (`SuspectScan.stands_out`)."""
 
 
 @dataclass
@@ -79,12 +89,16 @@ class ChainSettings:
         unlearn_steps: ascent steps of that perturbation per training step ('unlearn' costs 1 + this many times
             the gradient work of fine-tuning).
         unlearn_suspect: 'unlearn' also trains against the targeted universal perturbation toward the class it
-            reaches most easily, re-scanned every epoch (Neural Cleanse's suspect; about twice the cost).
+            reaches most easily, re-scanned every epoch (Neural Cleanse's suspect; about twice the cost). None (the
+            default): on with 'unlearn' (chosen on the CIFAR-10 grid, docs/results.md), off with the others.
         path_augment: train the path on crop+flip augmented bonafide images.
         selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule),
             'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
-            cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), or 'auto':
-            'far' with one model (chosen on the CIFAR-10 grid, docs/results.md), 'middle' with two.
+            cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), 'scan' (the
+            point nearest the model among those the holdout accepts, widened once to twice the tolerance, where the
+            model's suspect class no longer stands out in a trigger-free scan: `mcrobust.analysis.suspect`; the
+            scan's radius and steps are unlearn_eps and unlearn_steps), or 'auto': 'scan' with one model (chosen on
+            the CIFAR-10 grid, docs/results.md), 'middle' with two.
         accelerator: Lightning accelerator ('auto', 'cpu', 'gpu').
         progress: show progress bars.
     """
@@ -107,7 +121,7 @@ class ChainSettings:
     fst_alpha: float = 0.2
     unlearn_eps: float = 3.0
     unlearn_steps: int = 5
-    unlearn_suspect: bool = False
+    unlearn_suspect: bool | None = None
     path_augment: bool = False
     selection: str = "auto"
     accelerator: str = "auto"
@@ -126,15 +140,24 @@ class ChainSettings:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
         if self.unlearn_eps <= 0 or self.unlearn_steps < 1:
             raise ConfigError("unlearn_eps must be > 0 and unlearn_steps >= 1")
+        if self.unlearn_suspect is None:  # on for the recipe it belongs to, off for the others
+            self.unlearn_suspect = self.second_end == "unlearn"
         if self.unlearn_suspect and self.second_end != "unlearn":
             raise ConfigError(
                 f"unlearn_suspect needs second_end 'unlearn', got {self.second_end!r}: drop one of the two settings"
             )
 
     def resolve_selection(self, one_model: bool) -> None:
-        """Replace 'auto' by the rule for this repair: 'far' with one model, 'middle' (the paper's) with two."""
+        """Replace 'auto' by the rule for this repair: 'scan' with one model, 'middle' (the paper's) with two.
+
+        'scan' looks for the first model's suspect class only, so it is refused with two tampered models.
+        """
+        if self.selection == "scan" and not one_model:
+            raise ConfigError(
+                "selection 'scan' scans the one given model; with a second model use 'middle' (the paper's) or 'auto'"
+            )
         if self.selection == "auto":
-            self.selection = "far" if one_model else "middle"
+            self.selection = "scan" if one_model else "middle"
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that shape the trained stages: a resumed repair must have the same ones."""
@@ -247,8 +270,8 @@ class RepairChain:
         current |= {"inputs": inputs} if inputs is not None else {}
         if record.is_file():
             saved = json.loads(record.read_text())
-            # a setting added since that folder was written counts as its default there
-            defaults = ChainSettings().training_settings()
+            # a setting added since that folder was written counts as what was trained before it existed
+            defaults = ChainSettings().training_settings() | BEFORE_IT_EXISTED
             changed = sorted(key for key in current if saved.get(key, defaults.get(key)) != current[key])
             if "inputs" in changed:
                 raise ConfigError(
@@ -290,7 +313,7 @@ class RepairChain:
     def evaluate(self, path: Path) -> tuple[CurveSystem, PathEvaluation]:
         """Evaluate every t of the trained path, choose t on the holdout (rows land in out/path_metrics.csv)."""
         evaluation = RepairPathEvaluation(
-            target=1.0 if self.settings.selection == "far" else 0.5,
+            target=1.0 if self.settings.selection in ("far", "scan") else 0.5,
             num_points=self.settings.num_points,
             bn_data="bonafide",
             selection_tolerance=self.settings.selection_tolerance,
@@ -301,6 +324,52 @@ class RepairChain:
         trainer = self.trainer("evaluate", callbacks=[evaluation], max_epochs=1)
         trainer.test(system, datamodule=self.datamodule, ckpt_path=str(path), verbose=False)
         return system, evaluation
+
+    def scan_selection(self, system: CurveSystem, evaluation: PathEvaluation) -> tuple[float, str, bool]:
+        """Selection 'scan': the point nearest the model that the holdout accepts and the suspect scan clears.
+
+        The model (t = 0) is scanned on the holdout images for the class its universal perturbation reaches most
+        easily; a point is cleared when that class no longer stands out there (`SuspectScan.stands_out`). The
+        scanned points' columns join `evaluation.rows`. Returns (t, the rule in words, whether a point was
+        cleared); with none cleared, the holdout's far rule's t.
+        """
+        x, y = self.scan_images()
+        settings = self.settings
+        scans: dict[float, SuspectScan] = {}
+
+        def scanned(t: float) -> SuspectScan:
+            if t not in scans:
+                scans[t] = scan_classes(self.point(system, t), x, y, settings.unlearn_eps, settings.unlearn_steps)
+            return scans[t]
+
+        suspect = scanned(0.0).suspect
+        count = getattr(evaluation, "holdout_count", None)
+        tolerance = settings.selection_tolerance
+        choice = select_scanned(
+            evaluation.rows, lambda t: not scanned(t).stands_out(suspect, SCAN_RATIO, SCAN_MIN_REACH), tolerance, count
+        )
+        for row in evaluation.rows:
+            if float(row["t"]) in scans:
+                row.update(scans[float(row["t"])].as_row(suspect))
+        if choice is None:
+            far = select_t(evaluation.rows, tolerance=tolerance, target=1.0, count=count)
+            t, rule = far.t, f"no point was cleared by the suspect scan (class {suspect} stands out); {far.rule}"
+        else:
+            t, rule = choice.t, f"{choice.rule} (the model's suspect class: {suspect})"
+        evaluation.summary.update(selected_t=t, rule=rule)
+        write_json(self.out / "path_summary.json", evaluation.summary)
+        print(f"selected t = {t} by the suspect scan ({rule})")
+        return t, rule, choice is not None
+
+    def scan_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to SCAN_IMAGES clean holdout images and labels, in the model's pixel space."""
+        images, labels, total = [], [], 0
+        for batch in self.datamodule.eval_dataloader(self.datamodule.bonafide_dataset("holdout")):
+            images.append(batch[0]), labels.append(batch[1])
+            total += len(batch[0])
+            if total >= SCAN_IMAGES:
+                break
+        return torch.cat(images)[:SCAN_IMAGES], torch.cat(labels)[:SCAN_IMAGES]
 
     def point(self, system: CurveSystem, t: float) -> nn.Module:
         """The model at t with its BN statistics recomputed on the bonafide-train part."""

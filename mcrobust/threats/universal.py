@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcrobust.threats.evasion import _TINY  # the zero-gradient guard PGD uses
 from mcrobust.utils.modes import eval_mode, gradients_on
+
+_TINY = 1e-12  # guards the division by a zero gradient norm (as in threats/evasion.py)
 
 
 def project_l2(delta: Tensor, eps: float) -> Tensor:

@@ -29,7 +29,7 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
-    assert seen["unlearn_suspect"] is False
+    assert "unlearn_suspect" not in seen  # the chain's default (on with 'unlearn') decides
     seen.clear()
     command._run(
         command.parser().parse_args(
@@ -37,6 +37,12 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
         )
     )
     assert seen["unlearn_suspect"] is True and seen.get("second_end", "unlearn") == "unlearn"
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--no-unlearn-suspect"]
+        )
+    )
+    assert seen["unlearn_suspect"] is False
 
 
 def test_an_unknown_selection_is_one_line(capsys):

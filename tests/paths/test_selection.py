@@ -1,4 +1,4 @@
-"""select_t: interior points only, the tolerance band around the best held-out accuracy, ties, explicit t, errors."""
+"""select_t: interior points only, the tolerance band, ties, explicit t, errors; select_scanned: the scan rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mcrobust.errors import ConfigError
-from mcrobust.paths.selection import SelectionResult, select_t
+from mcrobust.paths.selection import SelectionResult, select_scanned, select_t
 
 T = [i / 10 for i in range(11)]
 
@@ -86,3 +86,28 @@ def test_automatic_tolerance_is_one_standard_error_and_at_least_one_image():
     assert select_t(rows, tolerance=None, count=30).t == 0.5  # within one image of the best: the middle
     with pytest.raises(ConfigError, match="number of held-out images"):
         select_t(rows, tolerance=None)
+
+
+def scanned_rows(holdout: list[float]) -> list[dict]:
+    return [{"t": i / (len(holdout) - 1), "holdout_acc": h} for i, h in enumerate(holdout)]
+
+
+def test_the_scan_rule_takes_the_accepted_point_nearest_the_model_that_it_clears_and_scans_no_further():
+    rows = scanned_rows([0.50, 0.50, 0.49, 0.48, 0.40])  # tolerance 0.02: t = 0.25, 0.5, 0.75 are accepted
+    calls = []
+    result = select_scanned(rows, lambda t: calls.append(t) or t >= 0.5, tolerance=0.02)
+    assert result is not None and result.t == 0.5 and calls == [0.25, 0.5]
+    assert "within 0.02 of the best" in result.rule and result.candidates == (0.25, 0.5)
+
+
+def test_the_scan_rule_widens_the_tolerance_once_before_giving_up():
+    rows = scanned_rows([0.50, 0.50, 0.47, 0.45, 0.40])  # t = 0.5 is 0.03 below: outside 0.02, inside 0.04
+    calls = []
+    result = select_scanned(rows, lambda t: calls.append(t) or t == 0.5, tolerance=0.02)
+    assert result is not None and result.t == 0.5 and calls == [0.25, 0.5]
+    assert "within 0.04 of the best" in result.rule
+    calls.clear()
+    assert select_scanned(rows, lambda t: calls.append(t) or False, tolerance=0.02) is None
+    assert calls == [0.25, 0.5]  # t = 0.75 is 0.05 below: never scanned, never exported
+    with pytest.raises(ConfigError, match="widen >= 1"):
+        select_scanned(rows, lambda t: True, tolerance=0.02, widen=0.5)

@@ -22,6 +22,10 @@ def repair(points: list[tuple[float, float, float]], t: float, warned: bool = Tr
     return {"t": t, "rows": rows, "distance_from_model": SIGNALS, "warnings": ["w"] if warned else [], "seconds": 9}
 
 
+B_PATH = [(0.50, 0.95, 0.50), (0.50, 0.90, 0.50), (0.50, 0.60, 0.50), (0.48, 0.30, 0.40), (0.42, 0.08, 0.30)]
+"""Cell b's unlearning path: the backdoor survives until the end, which costs 8 points."""
+
+
 def write_cell(folder: Path, unlearn: list[tuple[float, float, float]]) -> None:
     folder.mkdir(parents=True)
     kept = [(0.50, 0.95, 0.50)] * 5
@@ -42,27 +46,26 @@ def test_the_bar_is_counted_per_candidate_on_the_cells_fine_tuning_left_backdoor
         tmp_path / "a",
         [(0.50, 0.95, 0.50), (0.51, 0.40, 0.49), (0.49, 0.05, 0.49), (0.48, 0.02, 0.48), (0.44, 0.01, 0.40)],
     )
-    # cell b: the backdoor survives until the end, which costs 8 points
-    write_cell(
-        tmp_path / "b",
-        [(0.50, 0.95, 0.50), (0.50, 0.90, 0.50), (0.50, 0.60, 0.50), (0.48, 0.30, 0.40), (0.42, 0.08, 0.30)],
-    )
+    write_cell(tmp_path / "b", B_PATH)
+    # the scan rule on cell b's path: it cleared no point, so it exported the far point and warned
+    (tmp_path / "b" / "repair_unlearn_scan.json").write_text(json.dumps(repair(B_PATH, 0.5, warned=True)))
     (tmp_path / "cache").mkdir()  # a folder without results is not a cell
 
     text = grid.table(tmp_path)
 
     assert (
-        "| a | 0.500 / 0.950 | 0.440 / 0.010 | 0.490 / 0.050 (t=0.50) | **0.480 / 0.020 (t=0.75)** | yes | 9 |" in text
+        "| a | 0.500 / 0.950 | 0.440 / 0.010 | 0.490 / 0.050 (t=0.50) | 0.480 / 0.020 (t=0.75) | - | yes / - | 9 |"
+        in text
     )
-    assert (
-        "| b | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) | **0.500 / 0.600 (t=0.50)** | yes | 9 |" in text
-    )
+    b_row = "| b | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) | 0.500 / 0.600 (t=0.50) | "
+    assert b_row + "0.500 / 0.600 (t=0.50) | yes / yes | 9 |" in text
     assert "2 cells finished; fine-tuning left ASR > 0.5 on 2." in text
     assert bar("unlearning alone (t = 1)", 2, 0) in text  # both ends clean, both at a cost of 6-8 points
     assert bar("the path to the unlearned end, middle rule", 1, 1) in text
     assert bar("the path to the unlearned end, far rule", 1, 1) in text
     assert bar("FST alone", 2, 0) in text
     assert bar("the path to the super-fine-tuned end (the previous default), middle rule", 0, 0) in text
+    assert "- the path to the unlearned end, scan rule: ASR <= 0.10 on 0 of 1, and with clean" in text
 
 
 def bar(name: str, removed: int, met: int) -> str:
@@ -74,5 +77,10 @@ def test_every_recipe_maps_to_settings_repair_accepts():
 
     for settings in grid.RECIPE_SETTINGS.values():
         ChainSettings(**settings)  # __post_init__ refuses an unknown second end or a bad combination
-    assert grid.RECIPE_SETTINGS["unlearn_suspect"] == {"second_end": "unlearn", "unlearn_suspect": True}
+    assert grid.RECIPE_SETTINGS["unlearn_suspect_scan"] == {
+        "second_end": "unlearn",
+        "unlearn_suspect": True,
+        "selection": "scan",
+    }
+    assert grid.RECIPE_SETTINGS["unlearn"]["unlearn_suspect"] is False  # as it ran, whatever the default
     assert set(grid.RECIPES) < set(grid.RECIPE_SETTINGS)
