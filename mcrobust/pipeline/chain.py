@@ -365,7 +365,8 @@ class RepairChain:
         """Up to SCAN_IMAGES clean holdout images and labels, in the model's pixel space."""
         images, labels, total = [], [], 0
         for batch in self.datamodule.eval_dataloader(self.datamodule.bonafide_dataset("holdout")):
-            images.append(batch[0]), labels.append(batch[1])
+            images.append(batch[0])
+            labels.append(batch[1])
             total += len(batch[0])
             if total >= SCAN_IMAGES:
                 break
