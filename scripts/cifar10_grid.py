@@ -474,7 +474,7 @@ def table(out: Path) -> str:
         if not unlearned:
             continue
         columns = ("cell", "model", f"{title} alone", "path, middle rule", "path, far rule", "path, scan rule")
-        columns += ("warned (far / scan)", "repair s")
+        columns += ("warned (distance / scan)", "repair s")
         lines += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         lines += [
             f"| {r['cell']} | {fmt(r['model'])} | {fmt(r[name])} | {fmt(r[f'{name}_middle'])} | "

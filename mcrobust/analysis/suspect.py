@@ -38,8 +38,8 @@ class SuspectScan:
     def stands_out(self, cls: int, ratio: float, min_reach: float) -> bool:
         """Whether `cls` leads the scan, from over `min_reach` of the images and `ratio` times the median class's rate.
 
-        A backdoor's target is reached from most clean images and far more often than a typical class; on a clean
-        model some class always leads, by a little, and a very robust one (median near 0) leads with a few images.
+        A backdoor's target is reached from many clean images and far more often than a typical class; on a clean
+        model some class always leads, by a little, and on a very robust one (median near 0) it leads from a few.
         """
         median = float(torch.tensor(self.reach).median())
         return self.suspect == cls and self.reach[cls] > max(ratio * median, min_reach)
