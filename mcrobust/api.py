@@ -191,6 +191,7 @@ def repair(
         muted_start_up_notes,
         repair_data,
     )
+    from mcrobust.pipeline.scan import scan_selection
 
     with muted_start_up_notes():  # Lightning's start-up notes, restored afterwards
         if epochs is not None:
@@ -215,7 +216,7 @@ def repair(
             raise ConfigError("no t could be chosen: the clean holdout is empty")
         cleared = None
         if chain_settings.selection == "scan":
-            t, _, cleared = chain.scan_selection(system, evaluation)
+            t, _, cleared = scan_selection(chain, system, evaluation)
         point = chain.point(system, t)
         signals = distance_signals(first.cpu(), point, data.eval_dataloader(data.bonafide_dataset("holdout")))
         record = _record(t, evaluation.rows, chain_settings, signals, [model, second, clean, eval, trigger], cleared)

@@ -31,6 +31,11 @@ class SuspectScan:
     reach: tuple[float, ...]
 
     @property
+    def median_reach(self) -> float:
+        """The reach of the median class (the typical one)."""
+        return float(torch.tensor(self.reach).median())
+
+    @property
     def suspect(self) -> int:
         """The class reached most easily."""
         return max(range(len(self.reach)), key=lambda c: (self.reach[c], -c))
@@ -41,13 +46,11 @@ class SuspectScan:
         A backdoor's target is reached from many clean images and far more often than a typical class; on a clean
         model some class always leads, by a little, and on a very robust one (median near 0) it leads from a few.
         """
-        median = float(torch.tensor(self.reach).median())
-        return self.suspect == cls and self.reach[cls] > max(ratio * median, min_reach)
+        return self.suspect == cls and self.reach[cls] > max(ratio * self.median_reach, min_reach)
 
     def as_row(self, cls: int) -> dict[str, float | int]:
         """The scan's columns for a path table: its suspect, the reach toward `cls`, and the median reach."""
-        median = float(torch.tensor(self.reach).median())
-        return {"scan_suspect": self.suspect, "scan_reach": self.reach[cls], "scan_median_reach": median}
+        return {"scan_suspect": self.suspect, "scan_reach": self.reach[cls], "scan_median_reach": self.median_reach}
 
 
 def scan_classes(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int) -> SuspectScan:

@@ -1,0 +1,74 @@
+"""Selection 'scan' of a one-model repair: the accepted point nearest the model that a trigger-free scan clears.
+
+The rule itself is `paths.selection.select_scanned` and the scan `analysis.suspect`; this stage runs them on a
+trained path of a `RepairChain` (the points, their BN statistics and the holdout images come from it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mcrobust.analysis.suspect import SuspectScan, scan_classes
+from mcrobust.callbacks.path_evaluation import PathEvaluation
+from mcrobust.io.tables import write_json
+from mcrobust.paths.selection import select_scanned, select_t
+from mcrobust.pipeline.chain import RepairChain
+from mcrobust.systems import CurveSystem
+
+SCAN_IMAGES = 500
+"""Holdout images the suspect scan of selection 'scan' runs on (each point costs classes x steps passes of them)."""
+SCAN_RATIO, SCAN_MIN_REACH = 1.5, 0.3
+"""A point still carries the model's suspect when that class leads its scan, reached from over 30% of the holdout
+images and over 1.5 times the median class's rate (`SuspectScan.stands_out`). The floor lies between the lowest reach
+of a point that still carried a backdoor on the CIFAR-10 grid (0.42, ASR 0.13) and the leader's at a clean digits
+point (0.26): fitted on those data, docs/results.md."""
+
+
+def scan_selection(chain: RepairChain, system: CurveSystem, evaluation: PathEvaluation) -> tuple[float, str, bool]:
+    """Selection 'scan': the point nearest the model that the holdout accepts and the suspect scan clears.
+
+    The model (t = 0) is scanned on the holdout images for the class its universal perturbation reaches most easily;
+    a point is cleared when that class no longer stands out there (`SuspectScan.stands_out`). The scanned points'
+    columns join `evaluation.rows`. Returns (t, the rule in words, whether a point was cleared); with none cleared,
+    the holdout's far rule's t.
+    """
+    x, y = scan_images(chain)
+    settings = chain.settings
+    scans: dict[float, SuspectScan] = {}
+
+    def scanned(t: float) -> SuspectScan:
+        if t not in scans:
+            scans[t] = scan_classes(chain.point(system, t), x, y, settings.unlearn_eps, settings.unlearn_steps)
+        return scans[t]
+
+    suspect = scanned(0.0).suspect
+    count = getattr(evaluation, "holdout_count", None)
+    tolerance = settings.selection_tolerance
+    choice = select_scanned(
+        evaluation.rows, lambda t: not scanned(t).stands_out(suspect, SCAN_RATIO, SCAN_MIN_REACH), tolerance, count
+    )
+    for row in evaluation.rows:
+        if float(row["t"]) in scans:
+            row.update(scans[float(row["t"])].as_row(suspect))
+    if choice is None:
+        far = select_t(evaluation.rows, tolerance=tolerance, target=1.0, count=count)
+        t, rule = far.t, f"no point was cleared by the suspect scan (class {suspect} stands out); {far.rule}"
+    else:
+        t, rule = choice.t, f"{choice.rule} (the model's suspect class: {suspect})"
+    evaluation.summary.update(selected_t=t, rule=rule)
+    write_json(chain.out / "path_summary.json", evaluation.summary)
+    print(f"selected t = {t} by the suspect scan ({rule})")
+    return t, rule, choice is not None
+
+
+def scan_images(chain: RepairChain) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to SCAN_IMAGES clean holdout images and labels, in the model's pixel space."""
+    images, labels, total = [], [], 0
+    data = chain.datamodule
+    for batch in data.eval_dataloader(data.bonafide_dataset("holdout")):
+        images.append(batch[0])
+        labels.append(batch[1])
+        total += len(batch[0])
+        if total >= SCAN_IMAGES:
+            break
+    return torch.cat(images)[:SCAN_IMAGES], torch.cat(labels)[:SCAN_IMAGES]
