@@ -198,7 +198,7 @@ def two_model_table(out: Path) -> str:
     columns = ("cell", "epochs", "N", "model A", "model B", "path (chosen t)", "fine-tune A", "fine-tune B")
     columns += ("fine-prune A", "scratch", "path s")
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    summary, outcomes = [], []
+    summary, outcomes, curve, curve_outcomes = [], [], [], []
     studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
     for folder, study in studies:
         ends = [json.loads((folder / name).read_text()) for name in ("tampered.json", "tampered_1.json")]
@@ -223,8 +223,18 @@ def two_model_table(out: Path) -> str:
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + f" | {path['seconds']:.0f} |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
             outcomes.append((int(epochs), size, summary[-1].rsplit(": ", 1)[1]))
+            curve.append(curve_against_fine_tuning(f"{folder.name} ({epochs} epochs)", size, path["rows"], results))
+            curve_outcomes.append((int(epochs), size, curve[-1].rsplit(": ", 1)[1]))
     return "\n".join(
-        lines + [""] + summary + ["", "The path against fine-tuning, cells per outcome:"] + tally(outcomes)
+        lines
+        + ["", "The chosen point (t from the clean holdout) against the fine-tuned ends:"]
+        + summary
+        + ["", "Cells per outcome:"]
+        + tally(outcomes)
+        + ["", "The path's curve at each fine-tuned end's ASR (the best interior t, read with the trigger):"]
+        + curve
+        + ["", "Cells per outcome:"]
+        + tally(curve_outcomes)
     )
 
 
@@ -263,6 +273,42 @@ def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dic
     return f"- {cell} N={size}: path {chosen['clean_acc']:.3f} / {chosen['asr']:.3f}, fine-tuned ends {ends}: " + (
         verdict(chosen, tuned)
     )
+
+
+def matched_point(rows: list[dict[str, Any]], end: dict[str, Any]) -> dict[str, Any] | None:
+    """The cleanest interior point of the path whose ASR is at most the fine-tuned end's (up to the margin)."""
+    matched = [row for row in rows if 0 < row["t"] < 1 and row["asr"] <= end["asr"] + MATCHED_ASR]
+    return max(matched, key=lambda row: row["clean_acc"], default=None)
+
+
+def curve_verdict(rows: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> str:
+    """Issue 14's bar read on the whole path: its clean accuracy at each fine-tuned end's ASR.
+
+    This is the comparison of the paper's figures: t is read with the trigger, which a defender cannot do, so it
+    says what the path offers, not what the clean-only rule picks. The path wins when it is cleaner (by more than
+    the margin) than every fine-tuned end at that end's ASR and loses when it is less clean than one, or reaches no
+    interior point at that ASR. A win where the ends keep the backdoor (ASR above `KEPT_ASR`) says so.
+    """
+    gaps = []
+    for end in tuned:
+        point = matched_point(rows, end)
+        gaps.append(float("-inf") if point is None else point["clean_acc"] - end["clean_acc"])
+    if min(gaps) < -MATCHED_CLEAN:
+        return "loses"
+    if min(gaps) <= MATCHED_CLEAN:
+        return "matched"
+    return "wins" if min(end["asr"] for end in tuned) <= KEPT_ASR else "wins, but every end keeps the backdoor"
+
+
+def curve_against_fine_tuning(cell: str, size: int, rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
+    """One line of the curve comparison: for each fine-tuned end, the path's matched point, then the verdict."""
+    tuned = [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
+    pairs = []
+    for end in tuned:
+        point = matched_point(rows, end)
+        found = "none" if point is None else f"{point['clean_acc']:.3f} / {point['asr']:.3f} (t={point['t']:g})"
+        pairs.append(f"end {end['clean_acc']:.3f} / {end['asr']:.3f} -> path {found}")
+    return f"- {cell} N={size}: " + "; ".join(pairs) + ": " + curve_verdict(rows, tuned)
 
 
 def tally(outcomes: list[tuple[int, int, str]]) -> list[str]:

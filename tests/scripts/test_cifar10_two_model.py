@@ -72,4 +72,36 @@ def test_the_table_reads_every_finished_size_and_budget_at_the_most_points(tmp_p
     assert [line.split(" | ")[1:3] for line in lines] == [["4", "500"], ["16", "50"]]
     assert "(t=0.5 of 3)" in lines[0] and "(t=0.375 of 9)" in lines[1]  # the re-evaluation at more points wins
     assert table.count(": wins\n") == 2
-    assert table.endswith("- 4 epochs, N=500: wins 1\n- 16 epochs, N=50: wins 1")
+    assert "Cells per outcome:\n- 4 epochs, N=500: wins 1\n- 16 epochs, N=50: wins 1\n" in table
+    assert table.endswith("- 16 epochs, N=50: wins, but every end keeps the backdoor 1")
+
+
+def rows_of(*points: tuple[float, float, float]) -> list[dict]:
+    return [{"t": t, **result(clean, asr)} for t, clean, asr in points]
+
+
+CURVE = rows_of((0.0, 0.80, 0.95), (0.25, 0.78, 0.60), (0.5, 0.74, 0.08), (0.75, 0.77, 0.50), (1.0, 0.81, 0.96))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (result(0.70, 0.06), result(0.72, 0.10), "wins"),  # t=0.5 is cleaner at both ends' ASR
+        (result(0.70, 0.06), result(0.79, 0.55), "loses"),  # at ASR 0.55 the best interior point is 0.77
+        (result(0.735, 0.04), result(0.60, 0.90), "matched"),  # 0.74 against 0.735: within the margin
+        (result(0.70, 0.01), result(0.60, 0.90), "loses"),  # no interior point is within 0.05 of ASR 0.01
+        (result(0.70, 0.90), result(0.60, 0.95), "wins, but every end keeps the backdoor"),
+    ],
+)
+def test_the_curve_verdict_reads_the_cleanest_interior_point_at_each_ends_asr(a, b, expected):
+    assert two.curve_verdict(CURVE, [a, b]) == expected
+
+
+def test_the_endpoints_never_count_as_the_path_on_the_curve():
+    # t = 0 and 1 are the tampered models: cleaner at the end's ASR, but not the path's repair
+    assert two.matched_point(CURVE, result(0.79, 0.97))["t"] == 0.25
+    tuned = {"finetune_a": result(0.7, 0.06), "finetune_b": result(0.72, 0.1)}
+    assert two.curve_against_fine_tuning("cell", 50, CURVE, tuned) == (
+        "- cell N=50: end 0.700 / 0.060 -> path 0.740 / 0.080 (t=0.5); "
+        "end 0.720 / 0.100 -> path 0.740 / 0.080 (t=0.5): wins"
+    )
