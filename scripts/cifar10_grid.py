@@ -347,33 +347,48 @@ def point(rows: list[dict[str, Any]], t: float) -> dict[str, Any]:
 
 
 def cell_row(folder: Path) -> dict[str, Any] | None:
-    """One line of the grid's table from a finished cell folder (None while it is still running)."""
-    files = {name: folder / f"{name}.json" for name in ("tampered", "repair_finetune", "repair_superfinetune", "fst")}
+    """One line of the grid's table from a finished cell folder (None while it is still running).
+
+    The super-fine-tuning repair is optional: the cells run after it stopped being the default (`--recipes finetune
+    unlearn_suspect unlearn_suspect_scan`) show '-' there.
+    """
+    files = {name: folder / f"{name}.json" for name in ("tampered", "repair_finetune", "fst")}
     # repair_fst (the path to the FST end) is optional: it was added to the grid after its first cells
     if not all(file.is_file() for file in files.values()):
         return None
-    tampered, paper, default, fst = (json.loads(file.read_text()) for file in files.values())
-    failed = [name for name, result in zip(files, (tampered, paper, default, fst), strict=True) if "failed" in result]
+    optional = folder / "repair_superfinetune.json"
+    found = {name: json.loads(file.read_text()) for name, file in files.items()}
+    found |= {"repair_superfinetune": json.loads(optional.read_text())} if optional.is_file() else {}
+    failed = [name for name, result in found.items() if "failed" in result]
     if failed:
-        return {"cell": folder.name, "failed": {name: files[name].read_text() for name in failed}}
+        return {"cell": folder.name, "failed": {name: json.dumps(found[name]) for name in failed}}
+    tampered, paper, fst = found["tampered"], found["repair_finetune"], found["fst"]
+    default = found.get("repair_superfinetune")
     return {
         "cell": folder.name,
         "train_s": tampered["train_seconds"],
         "model": (tampered["clean_acc"], tampered["asr"]),
         "finetune": pair(point(paper["rows"], 1.0)),
         "paper_path": pair(point(paper["rows"], paper["t"])) + (paper["t"],),
-        "superfinetune": pair(point(default["rows"], 1.0)),
-        "default_path": pair(point(default["rows"], default["t"])) + (default["t"],),
+        **(superfinetune_columns(default) if default else {}),
         "fst": (fst["clean_acc"], fst["asr"]),
         "fst_path": fst_path(folder),
         **unlearning_columns(folder),
-        "distance": default["distance_from_model"]["relative_weight_distance"],
         "paper_distance": paper["distance_from_model"]["relative_weight_distance"],
-        "warned": bool(default["warnings"]),
         "paper_warned": bool(paper["warnings"]),
-        "repair_s": paper["seconds"] + default["seconds"] + fst["seconds"],
-        "n_clean": point(default["rows"], 1.0)["n_clean"],
-        "n_triggered": point(default["rows"], 1.0)["n_triggered"],
+        "repair_s": paper["seconds"] + (default["seconds"] if default else 0) + fst["seconds"],
+        "n_clean": point(paper["rows"], 1.0)["n_clean"],
+        "n_triggered": point(paper["rows"], 1.0)["n_triggered"],
+    }
+
+
+def superfinetune_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """The super-fine-tuning repair (the default before unlearning): its end alone, its chosen point, its signals."""
+    return {
+        "superfinetune": pair(point(result["rows"], 1.0)),
+        "default_path": pair(point(result["rows"], result["t"])) + (result["t"],),
+        "distance": result["distance_from_model"]["relative_weight_distance"],
+        "warned": bool(result["warnings"]),
     }
 
 
@@ -465,9 +480,9 @@ def table(out: Path) -> str:
     for r in rows:
         lines.append(
             f"| {r['cell']} | {fmt(r['model'])} | {fmt(r['finetune'])} | {fmt(r['paper_path'])} | "
-            f"{fmt(r['superfinetune'])} | {fmt(r['fst'])} | {fmt(r['default_path'])} | {fmt(r['fst_path'])} | "
-            f"{r['distance']:.3f} | "
-            f"{'yes' if r['warned'] else 'no'} | {r['train_s']:.0f} | {r['repair_s']:.0f} |"
+            f"{fmt(r.get('superfinetune'))} | {fmt(r['fst'])} | {fmt(r.get('default_path'))} | {fmt(r['fst_path'])} | "
+            f"{'-' if 'distance' not in r else format(r['distance'], '.3f')} | "
+            f"{yes_no(r.get('warned'))} | {r['train_s']:.0f} | {r['repair_s']:.0f} |"
         )
     for name, title in (("unlearn", "unlearning"), ("unlearn_suspect", "unlearning with the suspect class")):
         unlearned = [r for r in rows if name in r]

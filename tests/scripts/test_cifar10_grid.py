@@ -84,3 +84,22 @@ def test_every_recipe_maps_to_settings_repair_accepts():
     }
     assert grid.RECIPE_SETTINGS["unlearn"]["unlearn_suspect"] is False  # as it ran, whatever the default
     assert set(grid.RECIPES) < set(grid.RECIPE_SETTINGS)
+
+
+def test_a_cell_without_the_super_fine_tuning_repair_is_counted_for_the_recipes_it_ran(tmp_path):
+    write_cell(tmp_path / "a", B_PATH)
+    (tmp_path / "a" / "repair_superfinetune.json").unlink()
+    (tmp_path / "a" / "repair_unlearn_suspect.json").write_text(json.dumps(repair(B_PATH, 0.75)))
+    scanned = repair(
+        [(0.50, 0.95, 0.50), (0.49, 0.06, 0.49), (0.47, 0.03, 0.47), (0.45, 0.02, 0.45), (0.42, 0.0, 0.4)], 0.25
+    )
+    (tmp_path / "a" / "repair_unlearn_suspect_scan.json").write_text(json.dumps(scanned))
+
+    text = grid.table(tmp_path)
+
+    assert (
+        "| a | 0.500 / 0.950 | 0.500 / 0.950 | 0.500 / 0.950 (t=0.50) | - | 0.450 / 0.050 | - | - | - | - | 1 |" in text
+    )
+    assert "**0.490 / 0.060 (t=0.25)**" in text  # the default's column, bold
+    assert "- the path to the end unlearned with the suspect class, scan rule: ASR <= 0.10 on 1 of 1, and" in text
+    assert "super-fine-tuned" not in text  # no candidate line for a recipe no cell ran
