@@ -13,7 +13,9 @@ model is trained independently (its own initialisation, data order and poisoned 
   last feature layer) and a net trained from scratch (the super-fine-tuning schedule, crop+flip),
 
 each evaluated on the same 2,000 held-out test images: clean accuracy, ASR and the triggered images' accuracy on
-their true labels (RA), with 95% Wilson intervals in `--table`. Every step is a JSON file under
+their true labels (RA), with 95% Wilson intervals in `--table`. The table then compares the path with fine-tuning
+twice: its chosen point (clean data only), and its curve at each fine-tuned end's ASR (issue 14's bar, t read with
+the trigger). Every step is a JSON file under
 `<out>/<cell>/two_model/N<n>/`; a rerun skips what has finished.
 """
 
