@@ -268,9 +268,14 @@ def verdict(chosen: dict[str, Any], tuned: list[dict[str, Any]]) -> str:
     return "wins" if chosen["asr"] <= KEPT_ASR else "wins, but keeps the backdoor"
 
 
+def fine_tuned_ends(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both fine-tuned ends of one N, a diverged one left out of every comparison."""
+    return [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
+
+
 def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dict[str, Any]) -> str:
     """One line of the comparison: the chosen point, both fine-tuned ends (a diverged one left out), the verdict."""
-    tuned = [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
+    tuned = fine_tuned_ends(results)
     ends = ", ".join(f"{end['clean_acc']:.3f} / {end['asr']:.3f}" for end in tuned)
     return f"- {cell} N={size}: path {chosen['clean_acc']:.3f} / {chosen['asr']:.3f}, fine-tuned ends {ends}: " + (
         verdict(chosen, tuned)
@@ -304,7 +309,7 @@ def curve_verdict(rows: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> st
 
 def curve_against_fine_tuning(cell: str, size: int, rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
     """One line of the curve comparison: for each fine-tuned end, the path's matched point, then the verdict."""
-    tuned = [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
+    tuned = fine_tuned_ends(results)
     pairs = []
     for end in tuned:
         point = matched_point(rows, end)
