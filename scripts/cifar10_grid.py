@@ -91,8 +91,9 @@ def cells() -> list[tuple[str, str, float]]:
     return [(arch, trig, rate) for rate in RATES for trig in TRIGGERS for arch in ARCHS]
 
 
-def cell_name(arch: str, trig: str, rate: float) -> str:
-    return f"{arch}-{trig}-r{round(rate * 100)}"
+def cell_name(arch: str, trig: str, rate: float, replica: int = 0) -> str:
+    """The cell's folder name; replica k > 0 (an independently trained model of the same cell) adds '-rep<k>'."""
+    return f"{arch}-{trig}-r{round(rate * 100)}" + (f"-rep{replica}" if replica else "")
 
 
 def load_data(root: Path, cache: Path) -> tuple[ArraySplit, ArraySplit]:
@@ -257,8 +258,15 @@ def run_cell(
     out: Path,
     budget: Budget,
     recipes: tuple[str, ...] = RECIPES,
+    replica: int = 0,
+    only_backdoored: bool = False,
 ):
-    folder = out / cell_name(arch, trig, rate)
+    """Train the cell's model (replica k: an independently trained copy) and run its one-model repairs.
+
+    With `only_backdoored`, recipes other than 'finetune' run only where fine-tuning at the paper's settings left
+    ASR > 0.5 (the cells issue 14's one-model bar counts), so held-out cells spend no time on the others.
+    """
+    folder = out / cell_name(arch, trig, rate, replica)
     bonafide, evaluated = halves(test, budget)
     trigger = TRIGGERS[trig][1]()
     eval_set = tensors(test, evaluated)
@@ -268,7 +276,7 @@ def run_cell(
         return mcrobust.evaluate(net, eval_set, trigger=trigger, target=TARGET)
 
     started = time.perf_counter()
-    weights = train_tampered(arch, trig, rate, train, test, folder, budget)
+    weights = train_tampered(arch, trig, rate, train, test, folder, budget, replica)
     trained = time.perf_counter() - started
     timed(
         folder / "tampered.json", lambda: {"train_seconds": round(trained, 1), **evaluate(load_tampered(arch, weights))}
@@ -281,6 +289,8 @@ def run_cell(
         "seed": 0,
     }
     for recipe in recipes:
+        if only_backdoored and recipe != "finetune" and not finetuning_kept_backdoor(folder):
+            continue
         net = load_tampered(arch, weights)
         timed(
             folder / f"repair_{recipe}.json",
@@ -297,8 +307,17 @@ def run_cell(
                 )
             ),
         )
+    if only_backdoored and not finetuning_kept_backdoor(folder):
+        return
     net = load_tampered(arch, weights)
     timed(folder / "fst.json", lambda: fst_alone(net, clean, settings, folder / "fst", evaluate))
+
+
+def finetuning_kept_backdoor(folder: Path) -> bool:
+    """Whether the paper's recipe (t = 1 of `repair_finetune.json`, run first) left ASR above 0.5 in this cell."""
+    file = folder / "repair_finetune.json"
+    result = json.loads(file.read_text()) if file.is_file() else {}
+    return "rows" in result and point(result["rows"], 1.0)["asr"] > 0.5
 
 
 BUDGET_STUDY = {  # second-end budgets of the super-fine-tuning study: (epochs of repair_epoch_samples, peak lr)
@@ -352,17 +371,18 @@ def cell_row(folder: Path) -> dict[str, Any] | None:
     The super-fine-tuning repair is optional: the cells run after it stopped being the default (`--recipes finetune
     unlearn_suspect unlearn_suspect_scan`) show '-' there.
     """
-    files = {name: folder / f"{name}.json" for name in ("tampered", "repair_finetune", "fst")}
+    files = {name: folder / f"{name}.json" for name in ("tampered", "repair_finetune")}
     # repair_fst (the path to the FST end) is optional: it was added to the grid after its first cells
     if not all(file.is_file() for file in files.values()):
         return None
-    optional = folder / "repair_superfinetune.json"
     found = {name: json.loads(file.read_text()) for name, file in files.items()}
-    found |= {"repair_superfinetune": json.loads(optional.read_text())} if optional.is_file() else {}
+    for name in ("repair_superfinetune", "fst"):  # fst is skipped where fine-tuning removed the backdoor (held out)
+        optional = folder / f"{name}.json"
+        found |= {name: json.loads(optional.read_text())} if optional.is_file() else {}
     failed = [name for name, result in found.items() if "failed" in result]
     if failed:
         return {"cell": folder.name, "failed": {name: json.dumps(found[name]) for name in failed}}
-    tampered, paper, fst = found["tampered"], found["repair_finetune"], found["fst"]
+    tampered, paper, fst = found["tampered"], found["repair_finetune"], found.get("fst")
     default = found.get("repair_superfinetune")
     return {
         "cell": folder.name,
@@ -371,12 +391,12 @@ def cell_row(folder: Path) -> dict[str, Any] | None:
         "finetune": pair(point(paper["rows"], 1.0)),
         "paper_path": pair(point(paper["rows"], paper["t"])) + (paper["t"],),
         **(superfinetune_columns(default) if default else {}),
-        "fst": (fst["clean_acc"], fst["asr"]),
+        **({"fst": (fst["clean_acc"], fst["asr"])} if fst else {}),
         "fst_path": fst_path(folder),
         **unlearning_columns(folder),
         "paper_distance": paper["distance_from_model"]["relative_weight_distance"],
         "paper_warned": bool(paper["warnings"]),
-        "repair_s": paper["seconds"] + (default["seconds"] if default else 0) + fst["seconds"],
+        "repair_s": paper["seconds"] + (default["seconds"] if default else 0) + (fst["seconds"] if fst else 0),
         "n_clean": point(paper["rows"], 1.0)["n_clean"],
         "n_triggered": point(paper["rows"], 1.0)["n_triggered"],
     }
@@ -480,7 +500,8 @@ def table(out: Path) -> str:
     for r in rows:
         lines.append(
             f"| {r['cell']} | {fmt(r['model'])} | {fmt(r['finetune'])} | {fmt(r['paper_path'])} | "
-            f"{fmt(r.get('superfinetune'))} | {fmt(r['fst'])} | {fmt(r.get('default_path'))} | {fmt(r['fst_path'])} | "
+            f"{fmt(r.get('superfinetune'))} | {fmt(r.get('fst'))} | {fmt(r.get('default_path'))} | "
+            f"{fmt(r['fst_path'])} | "
             f"{'-' if 'distance' not in r else format(r['distance'], '.3f')} | "
             f"{yes_no(r.get('warned'))} | {r['train_s']:.0f} | {r['repair_s']:.0f} |"
         )
@@ -523,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPE_SETTINGS), help="second ends to repair with"
     )
+    parser.add_argument("--replica", type=int, default=0, help="k > 0: independently trained copies (cell-repk)")
+    parser.add_argument(
+        "--only-backdoored", action="store_true", help="repair beyond fine-tuning only where fine-tuning kept ASR > 0.5"
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
     parser.add_argument("--budget-study", action="store_true", help="super-fine-tuning budgets on finished cells")
@@ -535,16 +560,19 @@ def main(argv: list[str] | None = None) -> int:
     k, n = (int(part) for part in args.worker.split("/"))
     train, test = load_data(args.data, args.out / "cache")
     (args.out / "budget.json").write_text(json.dumps(budget.__dict__, indent=1))
-    for index, (arch, trig, rate) in enumerate(cells()):
-        name = cell_name(arch, trig, rate)
-        if index % n != k or (args.cells and name not in args.cells):
+    chosen = [cell for cell in cells() if not args.cells or cell_name(*cell) in args.cells]
+    for index, (arch, trig, rate) in enumerate(chosen):
+        name = cell_name(arch, trig, rate, args.replica)
+        if index % n != k:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
         if args.budget_study:
             if (args.out / name / "tampered.pt").is_file():
                 budget_study(arch, trig, rate, test, args.out, budget)
             continue
-        run_cell(arch, trig, rate, train, test, args.out, budget, tuple(args.recipes))
+        run_cell(
+            arch, trig, rate, train, test, args.out, budget, tuple(args.recipes), args.replica, args.only_backdoored
+        )
     return 0
 
 
