@@ -161,10 +161,11 @@ def repair(
     one toward the class it reaches most easily; 'finetune' is the paper's protocol, which leaves backdoors in place,
     docs/one_model.md) and the path joins the two; two models: the path joins them. Every t is evaluated, and t is
     chosen without the trigger: with one model, the point nearest the model among those the clean holdout accepts
-    where a scan of universal perturbations no longer finds the model's suspect class (`selection` 'scan'); with
-    two, the paper's point closest to 0.5 among those within the holdout's tolerance of the best ('middle'; 'far'
-    forces the farthest from the model). The point is exported, and a warning is recorded when the scan cleared no
-    point (or, without a scan, when the point stayed so close to the model that a backdoor probably survived).
+    where a scan of universal perturbations no longer finds the model's suspect class (`selection` 'scan'; 'veto'
+    starts at the paper's middle point and lets the scan only move away from the model); with two, the paper's point
+    closest to 0.5 among those within the holdout's tolerance of the best ('middle'; 'far' forces the farthest).
+    The point is exported, and a warning is recorded when the scan cleared no point (or, without a scan, when the
+    point stayed so close to the model that a backdoor probably survived).
 
     Args:
         model: the suspicious model, an nn.Module or a checkpoint file (then `net` is its architecture).
@@ -186,6 +187,7 @@ def repair(
     """
     from mcrobust.analysis.distance import distance_signals
     from mcrobust.pipeline.chain import (
+        SCANNED,
         ChainSettings,
         RepairChain,
         muted_start_up_notes,
@@ -215,7 +217,7 @@ def repair(
         if t is None:
             raise ConfigError("no t could be chosen: the clean holdout is empty")
         cleared = None
-        if chain_settings.selection == "scan":
+        if chain_settings.selection in SCANNED:
             t, _, cleared = scan_selection(chain, system, evaluation)
         point = chain.point(system, t)
         signals = distance_signals(first.cpu(), point, data.eval_dataloader(data.bonafide_dataset("holdout")))
@@ -261,7 +263,7 @@ def _record(
 
     row = next(r for r in rows if abs(r["t"] - t) < 1e-9)
     warnings = []
-    if cleared is None and near_tampered(signals):  # with selection 'scan' the scan's verdict replaces this guess
+    if cleared is None and near_tampered(signals):  # with a suspect scan the scan's verdict replaces this guess
         warnings.append(
             "probably not removed: the exported point barely differs from the given model "
             f"(relative weight distance {signals['relative_weight_distance']:.3f} < "

@@ -66,10 +66,15 @@ RECIPE_SETTINGS = {recipe: {"second_end": recipe, **PLAIN} for recipe in RECIPES
     "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "far"},
     "unlearn_scan": {"second_end": "unlearn", "unlearn_suspect": False, "selection": "scan"},
     "unlearn_suspect_scan": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "scan"},
+    "unlearn_suspect_veto": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "veto"},
 }
 """`mcrobust.repair` settings of every recipe `--recipes` may name (the default ones, `unlearn_suspect`, and both
 unlearning recipes with selection 'scan')."""
-SHARED_FOLDER = {"unlearn_scan": "unlearn", "unlearn_suspect_scan": "unlearn_suspect"}
+SHARED_FOLDER = {
+    "unlearn_scan": "unlearn",
+    "unlearn_suspect_scan": "unlearn_suspect",
+    "unlearn_suspect_veto": "unlearn_suspect",
+}
 """Recipes that differ only in the choice of t resume the trained folder of their recipe (nothing is retrained)."""
 
 
@@ -311,6 +316,39 @@ def run_cell(
         return
     net = load_tampered(arch, weights)
     timed(folder / "fst.json", lambda: fst_alone(net, clean, settings, folder / "fst", evaluate))
+    if (folder / "unlearn_suspect" / "steps" / "path" / "final.ckpt").is_file():
+        net = load_tampered(arch, weights)
+        timed(folder / "scan_study.json", lambda: scan_study(net, clean, settings, folder / "unlearn_suspect"))
+
+
+STUDY_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Points of the suspect-class unlearning path the scan study scans (the grid's path grid)."""
+
+
+def scan_study(net: torch.nn.Module, clean: Any, settings: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The suspect scan of `mcrobust repair` at every point of the trained suspect-class unlearning path in `folder`.
+
+    The same chain as the repair rebuilds the path from its checkpoint (same split, BN recomputed on the same images,
+    the same holdout images scanned), so every selection rule can be replayed offline (`replayed_choices`) without a
+    further path evaluation.
+    """
+    import copy
+
+    from mcrobust.analysis.suspect import scan_classes
+    from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+    from mcrobust.pipeline.inputs import as_split
+    from mcrobust.pipeline.scan import scan_images
+
+    chain_settings = ChainSettings(**RECIPE_SETTINGS["unlearn_suspect"], **settings)
+    data = repair_data(as_split(clean, "clean"), None, chain_settings)
+    data.setup("test")
+    chain = RepairChain(copy.deepcopy(net).cpu(), data, chain_settings, folder)
+    system = chain.curve_system()
+    checkpoint = torch.load(folder / "steps" / "path" / "final.ckpt", map_location="cpu", weights_only=False)
+    system.load_state_dict(checkpoint["state_dict"])
+    x, y = scan_images(chain)
+    eps, steps = chain_settings.unlearn_eps, chain_settings.unlearn_steps
+    return {"reach": {str(t): list(scan_classes(chain.point(system, t), x, y, eps, steps).reach) for t in STUDY_POINTS}}
 
 
 def finetuning_kept_backdoor(folder: Path) -> bool:
@@ -431,6 +469,8 @@ def unlearning_columns(folder: Path) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for name in ("unlearn", "unlearn_suspect"):
         file = folder / f"repair_{name}.json"
+        if not file.is_file():  # held-out cells train the path through the default recipe only
+            file = folder / f"repair_{name}_scan.json"
         result = json.loads(file.read_text()) if file.is_file() else {}
         if "rows" not in result:
             continue
@@ -452,6 +492,71 @@ def unlearning_columns(folder: Path) -> dict[str, Any]:
                 f"{name}_scan_warned": bool(scanned["warnings"]),
             }
     return columns
+
+
+def replayed_choices(rows: list[dict[str, Any]], reach: dict[str, list[float]]) -> dict[str, tuple[float, bool]]:
+    """The t each one-model rule picks on a path from its rows and its scan study: rule -> (t, warned).
+
+    'scan (must lead)' is the scan rule as it ran until 2026-12-06; 'scan' and 'veto' are the package's rules now.
+    A scan rule that clears no point exports the far point with a warning, as `mcrobust repair` does.
+    """
+    from mcrobust.analysis.suspect import SuspectScan
+    from mcrobust.paths.selection import select_scanned
+    from mcrobust.pipeline.scan import SCAN_MIN_REACH, SCAN_RATIO
+
+    scans = {float(t): SuspectScan(tuple(values)) for t, values in reach.items()}
+    suspect = scans[0.0].suspect
+    middle = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=0.5).t
+    far = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=1.0).t
+    choices = {"middle": (middle, False), "far": (far, False)}
+    for name, must_lead, start in (("scan (must lead)", True, 0.0), ("scan", False, 0.0), ("veto", False, middle)):
+
+        def cleared(t: float, must_lead: bool = must_lead) -> bool:
+            return not scans[t].stands_out(suspect, SCAN_RATIO, SCAN_MIN_REACH, must_lead=must_lead)
+
+        choice = select_scanned(rows, cleared, None, HOLDOUT_IMAGES, start=start)
+        choices[name] = (far, True) if choice is None else (choice.t, False)
+    return choices
+
+
+STUDY_RULES = ("middle", "far", "scan (must lead)", "scan", "veto")
+STUDY_DEFAULT = "scan"
+"""The rule `mcrobust repair` uses with one model (selection 'auto'), bold in the study's table."""
+
+
+def study_table(out: Path) -> str:
+    """The scan study's cells: the point each rule picks on the suspect-class path, and issue 14's tally per rule."""
+    head = ("cell", "model", "fine-tuning", "FST", "end alone", *STUDY_RULES, "repair's own pick", "repair s")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    met = {rule: 0 for rule in STUDY_RULES}
+    removed = dict(met)
+    counted = 0
+    for folder in sorted(f for f in out.iterdir() if (f / "scan_study.json").is_file()):
+        model = json.loads((folder / "tampered.json").read_text())
+        finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
+        fst = json.loads((folder / "fst.json").read_text())
+        repair = json.loads((folder / "repair_unlearn_suspect_scan.json").read_text())
+        rows = repair["rows"]
+        choices = replayed_choices(rows, json.loads((folder / "scan_study.json").read_text())["reach"])
+        cells = []
+        counted += 1
+        for rule in STUDY_RULES:
+            t, warned = choices[rule]
+            chosen = point(rows, t)
+            removed[rule] += chosen["asr"] <= 0.10
+            met[rule] += chosen["asr"] <= 0.10 and model["clean_acc"] - chosen["clean_acc"] <= 0.03
+            text = f"{chosen['clean_acc']:.3f} / {chosen['asr']:.3f} (t={t:.2f}{', warned' if warned else ''})"
+            cells.append(bold(text, rule == STUDY_DEFAULT))
+        own = point(rows, repair["t"])
+        lines.append(
+            f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
+            f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | {fst['clean_acc']:.3f} / {fst['asr']:.3f} | "
+            f"{point(rows, 1.0)['clean_acc']:.3f} / {point(rows, 1.0)['asr']:.3f} | " + " | ".join(cells) + " | "
+            f"t={repair['t']:.2f} ({own['clean_acc']:.3f} / {own['asr']:.3f}) | {repair['seconds']:.0f} |"
+        )
+    lines += ["", f"{counted} cells where fine-tuning kept ASR > 0.5; ASR <= 0.10, and also within 3 points:"]
+    lines += [f"- {rule}: {removed[rule]} of {counted}, {met[rule]} of {counted}" for rule in STUDY_RULES]
+    return "\n".join(lines)
 
 
 def pair(row: dict[str, Any]) -> tuple[float, float]:
@@ -553,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-study", action="store_true", help="super-fine-tuning budgets on finished cells")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(args.out) + "\n\n" + budget_table(args.out))
+        print(table(args.out) + "\n\n" + budget_table(args.out) + "\n\n" + study_table(args.out))
         return 0
     torch.set_num_threads(1)
     budget = Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else Budget()

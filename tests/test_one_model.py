@@ -220,6 +220,7 @@ def test_a_suspect_scan_without_unlearning_is_refused_not_ignored():
         ChainSettings(second_end="finetune", unlearn_suspect=True)
 
 
-def test_the_scan_rule_is_refused_with_two_models():
-    with pytest.raises(ConfigError, match="^selection 'scan' scans the one given model; with a second model use"):
-        ChainSettings(selection="scan").resolve_selection(one_model=False)
+@pytest.mark.parametrize("selection", ["scan", "veto"])
+def test_the_scan_rules_are_refused_with_two_models(selection):
+    with pytest.raises(ConfigError, match=f"^selection '{selection}' scans the one given model; with a second model"):
+        ChainSettings(selection=selection).resolve_selection(one_model=False)

@@ -60,10 +60,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--selection",
         default="auto",
-        choices=("auto", "middle", "far", "scan"),
+        choices=("auto", "middle", "far", "scan", "veto"),
         help="which t within the holdout tolerance is exported: middle (closest to 0.5, the paper's), far (farthest "
         "from the model; docs/one_model.md), scan (nearest the model where a trigger-free scan no longer finds the "
-        "model's suspect class), or auto (default: scan with one model, middle with two)",
+        "model's suspect class), veto (the middle point, moved away from the model while that scan still finds the "
+        "suspect), or auto (default: scan with one model, middle with two)",
     )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the evaluation")

@@ -121,12 +121,15 @@ def select_scanned(
     count: int | None = None,
     widen: float = 2.0,
     column: str = "holdout_acc",
+    start: float = 0.0,
 ) -> SelectionResult | None:
     """The interior t nearest the model (t = 0) that a trigger-free scan clears, among the points the holdout accepts.
 
     The points within ``tolerance`` of the best interior ``column`` are tried first, nearest to the model first (it
     keeps the most clean accuracy); then those within ``widen`` times the tolerance (security before one more standard
     error of clean accuracy). ``cleared(t)`` runs the scan of the point at t, so it is called only until one passes.
+    Points nearer the model than ``start`` are never tried: with ``start`` at the paper's middle point the scan can
+    only veto a point and move away from the model, so a scan blind to the trigger costs nothing against that rule.
     None when no point passes: the caller falls back to its holdout rule and warns.
     """
     pairs = _interior_values(rows, column)
@@ -137,11 +140,12 @@ def select_scanned(
         raise ConfigError(f"selection tolerance must be >= 0 and widen >= 1, got {tolerance} and {widen}")
     tried: set[float] = set()
     for allowed in (tolerance, widen * tolerance):
-        for t in sorted(t for t, value in pairs if value >= best - allowed - _SLACK and t not in tried):
+        for t in sorted(t for t, value in pairs if value >= best - allowed - _SLACK and t not in tried and t >= start):
             tried.add(t)
             if cleared(t):
+                where = "the model" if start <= 0 else f"the model, from t = {start:g} on,"
                 rule = (
-                    f"the interior t closest to the model that the suspect scan clears, among those whose {column} is "
+                    f"the interior t closest to {where} that the suspect scan clears, among those whose {column} is "
                     f"within {allowed:.4g} of the best interior {column} ({best:.4f}); points within {tolerance:.4g} "
                     f"are tried first, then within {widen:g} times that"
                 )

@@ -40,7 +40,9 @@ from mcrobust.threats.triggers import Trigger
 from mcrobust.utils.schedules import PaperSchedule
 
 STEPS = "steps"
-SELECTIONS = ("auto", "middle", "far", "scan")
+SELECTIONS = ("auto", "middle", "far", "scan", "veto")
+SCANNED = ("scan", "veto")
+"""Selections that run the trigger-free suspect scan (`mcrobust.pipeline.scan`), one-model repairs only."""
 UNTRAINED = ("num_points", "selection_tolerance", "selection", "accelerator", "progress")
 """ChainSettings that change no trained weights: free to differ when a repair resumes."""
 
@@ -91,8 +93,9 @@ class ChainSettings:
             cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), 'scan' (the
             point nearest the model among those the holdout accepts, widened once to twice the tolerance, where the
             model's suspect class no longer stands out in a trigger-free scan: `mcrobust.analysis.suspect`; the
-            scan's radius and steps are unlearn_eps and unlearn_steps), or 'auto': 'scan' with one model (chosen on
-            the CIFAR-10 grid, docs/results.md), 'middle' with two.
+            scan's radius and steps are unlearn_eps and unlearn_steps), 'veto' (the middle point, or the next one
+            away from the model that the holdout accepts, widened once, where that scan no longer finds the suspect:
+            the scan only vetoes), or 'auto': 'scan' with one model (docs/results.md), 'middle' with two.
         accelerator: Lightning accelerator ('auto', 'cpu', 'gpu').
         progress: show progress bars.
     """
@@ -144,11 +147,12 @@ class ChainSettings:
     def resolve_selection(self, one_model: bool) -> None:
         """Replace 'auto' by the rule for this repair: 'scan' with one model, 'middle' (the paper's) with two.
 
-        'scan' looks for the first model's suspect class only, so it is refused with two tampered models.
+        'scan' and 'veto' look for the first model's suspect class only, so they are refused with two tampered models.
         """
-        if self.selection == "scan" and not one_model:
+        if self.selection in SCANNED and not one_model:
             raise ConfigError(
-                "selection 'scan' scans the one given model; with a second model use 'middle' (the paper's) or 'auto'"
+                f"selection {self.selection!r} scans the one given model; with a second model use 'middle' (the "
+                "paper's) or 'auto'"
             )
         if self.selection == "auto":
             self.selection = "scan" if one_model else "middle"
@@ -307,7 +311,7 @@ class RepairChain:
     def evaluate(self, path: Path) -> tuple[CurveSystem, PathEvaluation]:
         """Evaluate every t of the trained path, choose t on the holdout (rows land in out/path_metrics.csv)."""
         evaluation = RepairPathEvaluation(
-            target=1.0 if self.settings.selection in ("far", "scan") else 0.5,
+            target=1.0 if self.settings.selection in ("far", "scan") else 0.5,  # 'veto' starts at the middle
             num_points=self.settings.num_points,
             bn_data="bonafide",
             selection_tolerance=self.settings.selection_tolerance,

@@ -43,6 +43,10 @@ def test_standing_out_needs_the_lead_most_images_and_a_margin_over_the_median():
     assert not scan.stands_out(3, ratio=1.5, min_reach=0.5)  # not the leader
     near = SuspectScan((0.6, 0.5, 0.45, 0.3, 0.1))  # leads from most images, but by less than 1.5 x the median 0.45
     assert not near.stands_out(0, ratio=1.5, min_reach=0.5) and near.stands_out(0, ratio=1.2, min_reach=0.5)
+    overtaken = SuspectScan((0.45, 0.6, 0.25, 0.2, 0.1))  # the known suspect 0 no longer leads, still far out
+    assert not overtaken.stands_out(0, ratio=1.5, min_reach=0.3)
+    assert overtaken.stands_out(0, ratio=1.5, min_reach=0.3, must_lead=False)
+    assert not overtaken.stands_out(0, ratio=1.5, min_reach=0.5, must_lead=False)  # the floor still applies
     robust = SuspectScan((0.2, 0.0, 0.0, 0.0, 0.0))  # a robust point: the leader moves a fifth of the images
     assert not robust.stands_out(0, ratio=1.5, min_reach=0.5) and robust.stands_out(0, ratio=1.5, min_reach=0.1)
 

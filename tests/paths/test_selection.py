@@ -1,4 +1,4 @@
-"""select_t: interior points only, the tolerance band, ties, explicit t, errors; select_scanned: the scan rule."""
+"""select_t: interior points only, the tolerance band, ties, explicit t, errors; select_scanned: scan and veto."""
 
 from __future__ import annotations
 
@@ -111,3 +111,17 @@ def test_the_scan_rule_widens_the_tolerance_once_before_giving_up():
     assert calls == [0.25, 0.5]  # t = 0.75 is 0.05 below: never scanned, never exported
     with pytest.raises(ConfigError, match="widen >= 1"):
         select_scanned(rows, lambda t: True, tolerance=0.02, widen=0.5)
+
+
+def test_with_a_start_the_scan_only_vetoes_and_never_moves_toward_the_model():
+    rows = scanned_rows([0.50, 0.50, 0.49, 0.48, 0.40])  # tolerance 0.02: t = 0.25, 0.5, 0.75 are accepted
+    calls = []
+    result = select_scanned(rows, lambda t: calls.append(t) or True, tolerance=0.02, start=0.5)
+    assert result is not None and result.t == 0.5 and calls == [0.5]  # t = 0.25 is cleared too, but never tried
+    assert "closest to the model, from t = 0.5 on," in result.rule
+    calls.clear()
+    result = select_scanned(rows, lambda t: calls.append(t) or t > 0.5, tolerance=0.02, start=0.5)
+    assert result is not None and result.t == 0.75 and calls == [0.5, 0.75]  # vetoed once: one step away
+    calls.clear()
+    assert select_scanned(rows, lambda t: calls.append(t) or False, tolerance=0.02, start=0.5) is None
+    assert calls == [0.5, 0.75]
