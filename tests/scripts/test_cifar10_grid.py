@@ -103,3 +103,55 @@ def test_a_cell_without_the_super_fine_tuning_repair_is_counted_for_the_recipes_
     assert "**0.490 / 0.060 (t=0.25)**" in text  # the default's column, bold
     assert "- the path to the end unlearned with the suspect class, scan rule: ASR <= 0.10 on 1 of 1, and" in text
     assert "super-fine-tuned" not in text  # no candidate line for a recipe no cell ran
+
+
+def test_replicas_are_cells_of_their_own_and_only_backdoored_cells_go_on():
+    assert grid.cell_name("wrn16_1", "patch", 0.1) == "wrn16_1-patch-r10"
+    assert grid.cell_name("wrn16_1", "patch", 0.2, replica=3) == "wrn16_1-patch-r20-rep3"
+
+
+def test_the_backdoor_gate_reads_the_papers_fine_tuned_end(tmp_path):
+    assert not grid.finetuning_kept_backdoor(tmp_path)  # not run yet: nothing beyond fine-tuning runs
+    write_cell(tmp_path / "kept", B_PATH)
+    assert grid.finetuning_kept_backdoor(tmp_path / "kept")
+    removed = repair([(0.50, 0.95, 0.50)] * 4 + [(0.49, 0.40, 0.49)], 0.5)
+    (tmp_path / "kept" / "repair_finetune.json").write_text(json.dumps(removed))
+    assert not grid.finetuning_kept_backdoor(tmp_path / "kept")
+
+
+SUSPECT_PATH = [(0.50, 0.95, 0.50), (0.50, 0.60, 0.50), (0.49, 0.05, 0.49), (0.48, 0.02, 0.48), (0.44, 0.01, 0.40)]
+"""A suspect-class path: backdoored at t = 0.25 (ASR 0.60), clean from t = 0.5 on."""
+OVERTAKEN = {  # the scan per t: class 0 is the suspect; at t = 0.25 class 1 leads, but class 0 still stands far out
+    "0.0": [1.0, 0.2, 0.2, 0.2, 0.2],
+    "0.25": [0.5, 0.7, 0.2, 0.2, 0.2],
+    "0.5": [0.2, 0.3, 0.2, 0.2, 0.2],
+    "0.75": [0.1, 0.2, 0.2, 0.2, 0.2],
+    "1.0": [0.1, 0.1, 0.1, 0.1, 0.1],
+}
+
+
+def test_every_rule_is_replayed_from_one_scan_per_point():
+    rows = repair(SUSPECT_PATH, 0.5)["rows"]
+    choices = grid.replayed_choices(rows, OVERTAKEN)
+    assert choices["middle"] == (0.5, False)
+    assert choices["far"] == (0.75, False)  # t = 0.75 is within one SE (0.032) of the best holdout, 0.50
+    assert choices["scan (must lead)"] == (0.25, False)  # the old rule cleared the overtaken suspect: ASR 0.60
+    assert choices["scan"] == (0.5, False)  # the overtaken suspect still counts
+    assert choices["veto"] == (0.5, False)
+    still = {t: [1.0, 0.2, 0.2, 0.2, 0.2] for t in OVERTAKEN}  # the suspect stands out everywhere
+    assert grid.replayed_choices(rows, still)["scan"] == (0.75, True)  # far point, warned
+    assert grid.replayed_choices(rows, still)["veto"] == (0.75, True)
+
+
+def test_the_study_table_counts_the_bar_per_rule(tmp_path):
+    write_cell(tmp_path / "a-rep3", B_PATH)
+    (tmp_path / "a-rep3" / "repair_unlearn_suspect_scan.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.5)))
+    (tmp_path / "a-rep3" / "scan_study.json").write_text(json.dumps({"reach": OVERTAKEN, "seconds": 5}))
+
+    text = grid.study_table(tmp_path)
+
+    assert "| a-rep3 | 0.500 / 0.950 | 0.500 / 0.950 | 0.450 / 0.050 | 0.440 / 0.010 |" in text
+    assert "**0.490 / 0.050 (t=0.50)**" in text and "0.500 / 0.600 (t=0.25)" in text
+    assert "| t=0.50 (0.490 / 0.050) | 9 |" in text  # the repair's own pick agrees with the replayed default
+    assert "- scan (must lead): 0 of 1, 0 of 1" in text and "- scan: 1 of 1, 1 of 1" in text
+    assert "- far: 1 of 1, 1 of 1" in text  # t = 0.75: 0.480 / 0.020, 2 points under the model
