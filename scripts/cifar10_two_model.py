@@ -261,11 +261,17 @@ def verdict(chosen: dict[str, Any], tuned: list[dict[str, Any]]) -> str:
     The path wins when it dominates a fine-tuned end and neither dominates it; it loses when either does; otherwise
     (one has the lower ASR, the other the higher clean accuracy) it is a trade-off.
     """
+    if not tuned:
+        return NO_END
     if any(dominates(end, chosen) for end in tuned):
         return "loses"
     if not any(dominates(chosen, end) for end in tuned):
         return "trade-off"
     return "wins" if chosen["asr"] <= KEPT_ASR else "wins, but keeps the backdoor"
+
+
+NO_END = "no comparison: both fine-tuned ends diverged"
+"""The verdict of an N whose two fine-tuned ends both diverged (nothing to compare the path with)."""
 
 
 def fine_tuned_ends(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -296,6 +302,8 @@ def curve_verdict(rows: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> st
     the margin) than every fine-tuned end at that end's ASR and loses when it is less clean than one, or reaches no
     interior point at that ASR. A win where the ends keep the backdoor (ASR above `KEPT_ASR`) says so.
     """
+    if not tuned:
+        return NO_END
     gaps = []
     for end in tuned:
         point = matched_point(rows, end)

@@ -105,3 +105,8 @@ def test_the_endpoints_never_count_as_the_path_on_the_curve():
         "- cell N=50: end 0.700 / 0.060 -> path 0.740 / 0.080 (t=0.5); "
         "end 0.720 / 0.100 -> path 0.740 / 0.080 (t=0.5): wins"
     )
+
+
+def test_an_n_whose_fine_tuned_ends_both_diverged_has_no_verdict_instead_of_an_error():
+    chosen = {"clean_acc": 0.5, "asr": 0.05}
+    assert two.verdict(chosen, []) == two.curve_verdict(CURVE, []) == two.NO_END
