@@ -160,10 +160,11 @@ def repair(
     adversarial unlearning, fine-tuning that also trains against the batch's universal perturbation and the targeted
     one toward the class it reaches most easily; 'finetune' is the paper's protocol, which leaves backdoors in place,
     docs/one_model.md) and the path joins the two; two models: the path joins them. Every t is evaluated, and t is
-    chosen without the trigger: with one model, the point nearest the model among those the clean holdout accepts
-    where a scan of universal perturbations no longer finds the model's suspect class (`selection` 'scan'; 'veto'
-    starts at the paper's middle point and lets the scan only move away from the model); with two, the paper's point
-    closest to 0.5 among those within the holdout's tolerance of the best ('middle'; 'far' forces the farthest).
+    chosen without the trigger: with one model, the paper's middle point among those the clean holdout accepts, or
+    the next accepted point away from the model where a scan of universal perturbations no longer finds the model's
+    suspect class (`selection` 'veto'; 'scan' lets the scan move toward the model as well, which failed on held-out
+    CIFAR-10 cells); with two, the paper's point closest to 0.5 among those within the holdout's tolerance of the
+    best ('middle'; 'far' forces the farthest).
     The point is exported, and a warning is recorded when the scan cleared no point (or, without a scan, when the
     point stayed so close to the model that a backdoor probably survived).
 

@@ -78,17 +78,17 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
         **BUDGET,
     )
     assert result.record["settings"]["second_end"] == ChainSettings().second_end != "finetune"
-    assert result.record["settings"]["selection"] == "scan"  # 'auto' with one model
+    assert result.record["settings"]["selection"] == "veto"  # 'auto' with one model
     assert result.record["settings"]["unlearn_suspect"] is True
     metrics = result.record["metrics"]
-    assert 0 < result.t < 1
     rows = {row["t"]: row for row in result.table}
     assert rows[0.0]["scan_suspect"] == TRIGGER["target"]  # the scan finds the target from clean images only
     assert "scan_suspect" not in rows[1.0]  # only the model and the points the holdout accepts are scanned
-    assert "suspect scan clears" in result.summary["rule"]
-    # the far rule cost 5 points here (t = 0.9 at 0.911 / 0.003 against the model's 0.961 / 1.000): the 30-image
-    # holdout is flat from t = 0.2 to 0.9; the scan takes the nearest point it clears (docs/results.md)
-    assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.03
+    # the veto starts at the paper's middle point and may only move away from the model; the path is clean from
+    # t = 0.1 here, so the middle point passes: 0.925 / 0.006 against the model's 0.961 / 1.000 (docs/results.md)
+    middle = select_t(result.table, tolerance=None, count=30).t  # the paper's rule on the 30 holdout digits
+    assert result.t == middle and "from t = " in result.summary["rule"]
+    assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.05
     assert not result.warnings
     # the exported file is the point measured, and it is not simply the second end
     again = mcrobust.evaluate(
@@ -98,9 +98,9 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     end = next(row for row in result.table if row["t"] == 1.0)
     assert metrics["clean_acc"] > end["clean_acc"]  # the path beats its own purified end on clean accuracy
 
-    # 'veto' on the same trained path (resumed, nothing retrained): the scan may only move t away from the model,
-    # so it exports the paper's middle point here, clean of the backdoor at a larger cost (docs/results.md)
-    vetoed = mcrobust.repair(
+    # 'scan' on the same trained path (resumed, nothing retrained) may move toward the model: here it clears t = 0.1
+    # (0.947 / 0.028), 2 points cleaner; on held-out CIFAR-10 checkerboard cells the same move kept ASR 0.66-0.72
+    scanned = mcrobust.repair(
         handed["model"],
         handed["clean"],
         net=SoftmaxNet(),
@@ -108,13 +108,12 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
         eval=handed["eval"],
         out=handed["root"] / "repaired",
         progress=False,
-        selection="veto",
+        selection="scan",
         **FOREIGN,
         **BUDGET,
     )
-    middle = select_t(vetoed.table, tolerance=None, count=30).t  # the paper's rule on the 30 holdout digits
-    assert vetoed.t == middle > result.t and "from t = " in vetoed.summary["rule"]
-    assert vetoed.record["metrics"]["asr"] <= 0.10 and not vetoed.warnings
+    assert 0 < scanned.t < result.t and "closest to the model that the suspect scan clears" in scanned.summary["rule"]
+    assert scanned.record["metrics"]["asr"] <= 0.10 and not scanned.warnings
 
 
 def _holdout(chain: RepairChain):
@@ -139,12 +138,12 @@ def test_unknown_recipe_or_rule_is_a_one_line_error(setting):
     assert "\n" not in str(error.value)
 
 
-def test_the_default_rule_is_the_scan_with_one_model_and_the_papers_middle_with_two():
+def test_the_default_rule_is_the_veto_with_one_model_and_the_papers_middle_with_two():
     one, two, forced = ChainSettings(), ChainSettings(), ChainSettings(selection="middle")
     one.resolve_selection(one_model=True)
     two.resolve_selection(one_model=False)
     forced.resolve_selection(one_model=True)
-    assert (one.selection, two.selection, forced.selection) == ("scan", "middle", "middle")
+    assert (one.selection, two.selection, forced.selection) == ("veto", "middle", "middle")
     assert ChainSettings().unlearn_suspect is True and ChainSettings(second_end="fst").unlearn_suspect is False
 
 

@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
         help="which t within the holdout tolerance is exported: middle (closest to 0.5, the paper's), far (farthest "
         "from the model; docs/one_model.md), scan (nearest the model where a trigger-free scan no longer finds the "
         "model's suspect class), veto (the middle point, moved away from the model while that scan still finds the "
-        "suspect), or auto (default: scan with one model, middle with two)",
+        "suspect), or auto (default: veto with one model, middle with two)",
     )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the evaluation")

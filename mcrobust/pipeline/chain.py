@@ -95,7 +95,8 @@ class ChainSettings:
             model's suspect class no longer stands out in a trigger-free scan: `mcrobust.analysis.suspect`; the
             scan's radius and steps are unlearn_eps and unlearn_steps), 'veto' (the middle point, or the next one
             away from the model that the holdout accepts, widened once, where that scan no longer finds the suspect:
-            the scan only vetoes), or 'auto': 'scan' with one model (docs/results.md), 'middle' with two.
+            the scan only vetoes), or 'auto': 'veto' with one model (chosen on held-out CIFAR-10 cells,
+            docs/results.md), 'middle' with two.
         accelerator: Lightning accelerator ('auto', 'cpu', 'gpu').
         progress: show progress bars.
     """
@@ -145,7 +146,7 @@ class ChainSettings:
             )
 
     def resolve_selection(self, one_model: bool) -> None:
-        """Replace 'auto' by the rule for this repair: 'scan' with one model, 'middle' (the paper's) with two.
+        """Replace 'auto' by the rule for this repair: 'veto' with one model, 'middle' (the paper's) with two.
 
         'scan' and 'veto' look for the first model's suspect class only, so they are refused with two tampered models.
         """
@@ -155,7 +156,7 @@ class ChainSettings:
                 "paper's) or 'auto'"
             )
         if self.selection == "auto":
-            self.selection = "scan" if one_model else "middle"
+            self.selection = "veto" if one_model else "middle"
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that shape the trained stages: a resumed repair must have the same ones."""
