@@ -99,7 +99,7 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     assert metrics["clean_acc"] > end["clean_acc"]  # the path beats its own purified end on clean accuracy
 
     # 'scan' on the same trained path (resumed, nothing retrained) may move toward the model: here it clears t = 0.1
-    # (0.947 / 0.028), 2 points cleaner; on held-out CIFAR-10 checkerboard cells the same move kept ASR 0.66-0.72
+    # (0.947 / 0.031), 2 points cleaner; on held-out CIFAR-10 checkerboard cells the same move kept ASR 0.66-0.72
     scanned = mcrobust.repair(
         handed["model"],
         handed["clean"],
