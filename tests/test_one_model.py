@@ -52,6 +52,22 @@ def chain_for(handed: dict[str, Path], folder: Path, **settings) -> tuple[Repair
     return RepairChain(copy.deepcopy(model).cpu(), data, chain_settings, folder), model
 
 
+def repair_handed(handed: dict[str, Path], **settings) -> mcrobust.api.RepairResult:
+    """`mcrobust.repair` of the handed model into its 'repaired' folder (a second call resumes the trained path)."""
+    return mcrobust.repair(
+        handed["model"],
+        handed["clean"],
+        net=SoftmaxNet(),
+        trigger=TRIGGER,
+        eval=handed["eval"],
+        out=handed["root"] / "repaired",
+        progress=False,
+        **FOREIGN,
+        **BUDGET,
+        **settings,
+    )
+
+
 def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     tampered = mcrobust.evaluate(handed["model"], handed["eval"], net=SoftmaxNet(), trigger=TRIGGER, **FOREIGN)
     assert tampered["asr"] > 0.9 and tampered["clean_acc"] > 0.9
@@ -66,17 +82,7 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     near = distance_signals(model, copy_of_end, holdout)
     assert near_tampered(near)  # the warning fires for the paper's failing end
 
-    result = mcrobust.repair(
-        handed["model"],
-        handed["clean"],
-        net=SoftmaxNet(),
-        trigger=TRIGGER,
-        eval=handed["eval"],
-        out=handed["root"] / "repaired",
-        progress=False,
-        **FOREIGN,
-        **BUDGET,
-    )
+    result = repair_handed(handed)
     assert result.record["settings"]["second_end"] == ChainSettings().second_end != "finetune"
     assert result.record["settings"]["selection"] == "veto"  # 'auto' with one model
     assert result.record["settings"]["unlearn_suspect"] is True
@@ -100,18 +106,7 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
 
     # 'scan' on the same trained path (resumed, nothing retrained) may move toward the model: here it clears t = 0.1
     # (0.947 / 0.031), 2 points cleaner; on held-out CIFAR-10 checkerboard cells the same move kept ASR 0.66-0.72
-    scanned = mcrobust.repair(
-        handed["model"],
-        handed["clean"],
-        net=SoftmaxNet(),
-        trigger=TRIGGER,
-        eval=handed["eval"],
-        out=handed["root"] / "repaired",
-        progress=False,
-        selection="scan",
-        **FOREIGN,
-        **BUDGET,
-    )
+    scanned = repair_handed(handed, selection="scan")
     assert 0 < scanned.t < result.t and "closest to the model that the suspect scan clears" in scanned.summary["rule"]
     assert scanned.record["metrics"]["asr"] <= 0.10 and not scanned.warnings
 
