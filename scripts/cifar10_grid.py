@@ -501,20 +501,18 @@ def replayed_choices(rows: list[dict[str, Any]], reach: dict[str, list[float]]) 
     A scan rule that clears no point exports the far point with a warning, as `mcrobust repair` does.
     """
     from mcrobust.analysis.suspect import SuspectScan
-    from mcrobust.paths.selection import select_scanned
-    from mcrobust.pipeline.scan import SCAN_MIN_REACH, SCAN_RATIO
+    from mcrobust.pipeline.scan import scanned_choice
 
     scans = {float(t): SuspectScan(tuple(values)) for t, values in reach.items()}
-    suspect = scans[0.0].suspect
     middle = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=0.5).t
     far = select_t(rows, tolerance=None, count=HOLDOUT_IMAGES, target=1.0).t
     choices = {"middle": (middle, False), "far": (far, False)}
-    for name, must_lead, start in (("scan (must lead)", True, 0.0), ("scan", False, 0.0), ("veto", False, middle)):
-
-        def cleared(t: float, must_lead: bool = must_lead) -> bool:
-            return not scans[t].stands_out(suspect, SCAN_RATIO, SCAN_MIN_REACH, must_lead=must_lead)
-
-        choice = select_scanned(rows, cleared, None, HOLDOUT_IMAGES, start=start)
+    for name, selection, must_lead in (
+        ("scan (must lead)", "scan", True),
+        ("scan", "scan", False),
+        ("veto", "veto", False),
+    ):
+        choice = scanned_choice(rows, scans.__getitem__, selection, None, HOLDOUT_IMAGES, must_lead)
         choices[name] = (far, True) if choice is None else (choice.t, False)
     return choices
 

@@ -8,12 +8,15 @@ the holdout images come from it).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import torch
 
 from mcrobust.analysis.suspect import SuspectScan, scan_classes
 from mcrobust.callbacks.path_evaluation import PathEvaluation
 from mcrobust.io.tables import write_json
-from mcrobust.paths.selection import select_scanned, select_t
+from mcrobust.paths.selection import SelectionResult, select_scanned, select_t
 from mcrobust.pipeline.chain import RepairChain
 from mcrobust.systems import CurveSystem
 
@@ -48,13 +51,7 @@ def scan_selection(chain: RepairChain, system: CurveSystem, evaluation: PathEval
     suspect = scanned(0.0).suspect
     count = getattr(evaluation, "holdout_count", None)
     tolerance = settings.selection_tolerance
-    veto = settings.selection == "veto"
-    start = select_t(evaluation.rows, tolerance=tolerance, target=0.5, count=count).t if veto else 0.0
-
-    def cleared(t: float) -> bool:
-        return not scanned(t).stands_out(suspect, SCAN_RATIO, SCAN_MIN_REACH, must_lead=False)
-
-    choice = select_scanned(evaluation.rows, cleared, tolerance, count, start=start)
+    choice = scanned_choice(evaluation.rows, scanned, settings.selection, tolerance, count)
     for row in evaluation.rows:
         if float(row["t"]) in scans:
             row.update(scans[float(row["t"])].as_row(suspect))
@@ -67,6 +64,28 @@ def scan_selection(chain: RepairChain, system: CurveSystem, evaluation: PathEval
     write_json(chain.out / "path_summary.json", evaluation.summary)
     print(f"selected t = {t} by the suspect scan ({rule})")
     return t, rule, choice is not None
+
+
+def scanned_choice(
+    rows: Sequence[Mapping[str, Any]],
+    scan_at: Callable[[float], SuspectScan],
+    selection: str,
+    tolerance: float | None,
+    count: int | None,
+    must_lead: bool = False,
+) -> SelectionResult | None:
+    """The rule of 'scan' or 'veto' on a path table, given the scan of the point at t (`scan_at(0)`: the model).
+
+    Pure apart from `scan_at`, which is called only for the points tried, so the grid script replays it offline from
+    stored scans. `must_lead` is the scan as it ran until 2026-12-06. None when no point is cleared.
+    """
+    suspect = scan_at(0.0).suspect
+    start = select_t(rows, tolerance=tolerance, target=0.5, count=count).t if selection == "veto" else 0.0
+
+    def cleared(t: float) -> bool:
+        return not scan_at(t).stands_out(suspect, SCAN_RATIO, SCAN_MIN_REACH, must_lead=must_lead)
+
+    return select_scanned(rows, cleared, tolerance, count, start=start)
 
 
 def scan_images(chain: RepairChain) -> tuple[torch.Tensor, torch.Tensor]:
