@@ -6,7 +6,7 @@
 For a cell of `scripts/cifar10_grid.py` (its tampered model is trained first if it is missing) a second tampered
 model is trained independently (its own initialisation, data order and poisoned images), and at every N of
 `SIZES` the same N bonafide images (one half of the test split; evaluation on the other half) and the same budget
-(epochs x a fixed epoch length) serve:
+(epochs x a fixed epoch length) serve (`--train-images` trains the models longer, in a folder of its own):
 
 * the path between the two models (`mcrobust.repair(model, clean, second=...)`, t chosen on the clean holdout),
 * fine-tuning each model (the paper's settings), fine-pruning the first (Liu et al. 2018, half the channels of the
@@ -132,12 +132,24 @@ def tampered_model(
     replica: int,
     evaluate: Any,
 ) -> Path:
-    """The cell's model `replica` (trained if missing) and its evaluation next to it; returns its weights file."""
+    """The cell's model `replica` (trained if missing) and its evaluation next to it; returns its weights file.
+
+    A model already trained on another number of images is refused: `--train-images` needs its own `--out`.
+    """
+    name = "tampered.json" if replica == 0 else f"tampered_{replica}.json"
+    if (folder / name).is_file():
+        kept = json.loads((folder / name).read_text()).get("train_images", grid.Budget.train_images)
+        if kept != budget.train_images:
+            raise SystemExit(
+                f"--train-images: {folder.name} was trained on {kept:,} images, not {budget.train_images:,}; "
+                "give this budget its own --out"
+            )
     started = time.perf_counter()
     file = grid.train_tampered(arch, trig, rate, train, test, folder, budget, replica=replica)
     trained = round(time.perf_counter() - started, 1)
-    name = "tampered.json" if replica == 0 else f"tampered_{replica}.json"
-    grid.timed(folder / name, lambda: {"train_seconds": trained, **evaluate(grid.load_tampered(arch, file))})
+    trained_on = {"train_images": budget.train_images, "train_epochs": budget.train_epochs}
+    facts = {"train_seconds": trained, **trained_on}
+    grid.timed(folder / name, lambda: {**facts, **evaluate(grid.load_tampered(arch, file))})
     return file
 
 
@@ -198,7 +210,7 @@ def measured(result: dict[str, Any]) -> str:
 def two_model_table(out: Path) -> str:
     """One line per (cell, N): both models, the chosen path point and every baseline."""
     columns = ("cell", "epochs", "N", "model A", "model B", "path (chosen t)", "fine-tune A", "fine-tune B")
-    columns += ("fine-prune A", "scratch", "path s")
+    columns += ("fine-prune A", "scratch", "path s", "model images")
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     summary, outcomes, curve, curve_outcomes = [], [], [], []
     studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
@@ -222,7 +234,9 @@ def two_model_table(out: Path) -> str:
                 measured(chosen) + f" (t={path['t']:g} of {len(path['rows'])})",
             ]
             cells += [measured(results[name]) for name in BASELINES]
-            lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + f" | {path['seconds']:.0f} |")
+            images = ends[0].get("train_images", grid.Budget.train_images)
+            cells += [f"{path['seconds']:.0f}", f"{images:,}"]
+            lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + " |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
             outcomes.append((int(epochs), size, summary[-1].rsplit(": ", 1)[1]))
             curve.append(curve_against_fine_tuning(f"{folder.name} ({epochs} epochs)", size, path["rows"], results))
@@ -344,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", help="cells to run, in this order (e.g. vgg_small_bn-patch-r10)")
     parser.add_argument("--epochs", type=int, help="epochs of every repair stage (default: the grid's Budget)")
     parser.add_argument("--num-points", type=int, help="evaluated t of the path (default: the grid's Budget)")
+    parser.add_argument(
+        "--train-images", type=int, help="images each tampered model is trained on (default: the grid's Budget)"
+    )
+    parser.add_argument("--train-epochs", type=int, help="epochs those images are split into (cosine schedule)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="the N to run")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
@@ -359,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = dataclasses.replace(budget, repair_epochs=args.epochs)
     if args.num_points is not None:
         budget = dataclasses.replace(budget, num_points=args.num_points)
+    if args.train_images is not None:
+        budget = dataclasses.replace(budget, train_images=args.train_images)
+    if args.train_epochs is not None:
+        budget = dataclasses.replace(budget, train_epochs=args.train_epochs)
     known = {grid.cell_name(*cell): cell for cell in grid.cells()}
     unknown = [name for name in args.cells if name not in known]
     if unknown:

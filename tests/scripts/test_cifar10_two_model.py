@@ -110,3 +110,29 @@ def test_the_endpoints_never_count_as_the_path_on_the_curve():
 def test_an_n_whose_fine_tuned_ends_both_diverged_has_no_verdict_instead_of_an_error():
     chosen = {"clean_acc": 0.5, "asr": 0.05}
     assert two.verdict(chosen, []) == two.curve_verdict(CURVE, []) == two.NO_END
+
+
+def test_a_model_trained_on_another_number_of_images_is_refused_not_reused(tmp_path):
+    folder = tmp_path / "vgg_small_bn-patch-r10"
+    folder.mkdir()
+    (folder / "tampered.json").write_text(json.dumps({"train_images": 240_000, **result(0.7, 0.9)}))
+    budget = two.grid.Budget()  # 48,000 images: the stored model is not this cell's model at this budget
+    with pytest.raises(SystemExit, match="--train-images: .*240,000 images, not 48,000.*its own --out"):
+        two.tampered_model("vgg_small_bn", "patch", 0.1, None, None, folder, budget, 0, evaluate=None)
+
+
+def test_the_table_says_how_many_images_trained_the_models(tmp_path):
+    cell = tmp_path / "wrn16_1-patch-r10"
+    for name in ("tampered.json", "tampered_1.json"):
+        (cell / name).parent.mkdir(parents=True, exist_ok=True)
+        (cell / name).write_text(json.dumps({"train_images": 240_000, **result(0.8, 0.95)}))
+    step = cell / "two_model_e16" / "N500"
+    step.mkdir(parents=True)
+    rows = [{"t": t, "n_clean": 2000, **result(0.78, 0.04)} for t in (0.0, 0.5, 1.0)]
+    (step / "path.json").write_text(json.dumps({"t": 0.5, "rows": rows, "seconds": 12.0}))
+    for name in two.BASELINES:
+        (step / f"{name}.json").write_text(json.dumps(result(0.7, 0.9)))
+
+    line = next(line for line in two.two_model_table(tmp_path).splitlines() if line.startswith("| wrn"))
+
+    assert line.endswith("| 12 | 240,000 |")
