@@ -22,11 +22,13 @@ retrained: they resume the recipe's folder; `repair_<recipe>_scan.json`).
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
+`--train-images` / `--train-epochs` train the tampered models longer; such a budget needs its own `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -200,6 +202,26 @@ def train_tampered(
     return weights
 
 
+def trained_on(budget: Budget) -> dict[str, int]:
+    """What a tampered model was trained on; kept in its JSON so that another budget cannot reuse it unnoticed."""
+    return {"train_images": budget.train_images, "train_epochs": budget.train_epochs}
+
+
+def refuse_other_budget(record: Path, budget: Budget) -> None:
+    """Stop when `record`, a tampered model's JSON, says it was trained on another number of images than `budget`.
+
+    Records written before the budget was kept count as the grid's default budget.
+    """
+    if not record.is_file():
+        return
+    kept = json.loads(record.read_text()).get("train_images", Budget.train_images)
+    if kept != budget.train_images:
+        raise SystemExit(
+            f"--train-images: {record.parent.name} was trained on {kept:,} images, not {budget.train_images:,}; "
+            "give this budget its own --out"
+        )
+
+
 def hash_seed(*parts: Any) -> int:
     """A stable seed per cell (Python's hash() is salted per process)."""
     import zlib
@@ -280,12 +302,11 @@ def run_cell(
     def evaluate(net: torch.nn.Module) -> dict[str, Any]:
         return mcrobust.evaluate(net, eval_set, trigger=trigger, target=TARGET)
 
+    refuse_other_budget(folder / "tampered.json", budget)
     started = time.perf_counter()
     weights = train_tampered(arch, trig, rate, train, test, folder, budget, replica)
-    trained = time.perf_counter() - started
-    timed(
-        folder / "tampered.json", lambda: {"train_seconds": round(trained, 1), **evaluate(load_tampered(arch, weights))}
-    )
+    facts = {"train_seconds": round(time.perf_counter() - started, 1), **trained_on(budget)}
+    timed(folder / "tampered.json", lambda: {**facts, **evaluate(load_tampered(arch, weights))})
     settings = {
         "epochs": budget.repair_epochs,
         "epoch_samples": budget.repair_epoch_samples,
@@ -639,6 +660,19 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """`--train-images` and `--train-epochs`: how long the tampered models train (a budget needs its own --out)."""
+    parser.add_argument("--train-images", type=int, help="images each tampered model trains on (default: Budget's)")
+    parser.add_argument("--train-epochs", type=int, help="epochs those images are split into (cosine schedule)")
+
+
+def with_training(budget: Budget, args: argparse.Namespace) -> Budget:
+    """`budget` with the tampered models' training set by `add_training_options`' options, where given."""
+    images = budget.train_images if args.train_images is None else args.train_images
+    epochs = budget.train_epochs if args.train_epochs is None else args.train_epochs
+    return dataclasses.replace(budget, train_images=images, train_epochs=epochs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train/ and test/ class folders")
@@ -652,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-backdoored", action="store_true", help="repair beyond fine-tuning only where fine-tuning kept ASR > 0.5"
     )
+    add_training_options(parser)
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
     parser.add_argument("--budget-study", action="store_true", help="super-fine-tuning budgets on finished cells")
@@ -660,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(args.out) + "\n\n" + budget_table(args.out) + "\n\n" + study_table(args.out))
         return 0
     torch.set_num_threads(1)
-    budget = Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else Budget()
+    budget = with_training(Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else Budget(), args)
     k, n = (int(part) for part in args.worker.split("/"))
     train, test = load_data(args.data, args.out / "cache")
     (args.out / "budget.json").write_text(json.dumps(budget.__dict__, indent=1))

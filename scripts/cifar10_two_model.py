@@ -137,18 +137,11 @@ def tampered_model(
     A model already trained on another number of images is refused: `--train-images` needs its own `--out`.
     """
     name = "tampered.json" if replica == 0 else f"tampered_{replica}.json"
-    if (folder / name).is_file():
-        kept = json.loads((folder / name).read_text()).get("train_images", grid.Budget.train_images)
-        if kept != budget.train_images:
-            raise SystemExit(
-                f"--train-images: {folder.name} was trained on {kept:,} images, not {budget.train_images:,}; "
-                "give this budget its own --out"
-            )
+    grid.refuse_other_budget(folder / name, budget)
     started = time.perf_counter()
     file = grid.train_tampered(arch, trig, rate, train, test, folder, budget, replica=replica)
     trained = round(time.perf_counter() - started, 1)
-    trained_on = {"train_images": budget.train_images, "train_epochs": budget.train_epochs}
-    facts = {"train_seconds": trained, **trained_on}
+    facts = {"train_seconds": trained, **grid.trained_on(budget)}
     grid.timed(folder / name, lambda: {**facts, **evaluate(grid.load_tampered(arch, file))})
     return file
 
@@ -358,10 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", help="cells to run, in this order (e.g. vgg_small_bn-patch-r10)")
     parser.add_argument("--epochs", type=int, help="epochs of every repair stage (default: the grid's Budget)")
     parser.add_argument("--num-points", type=int, help="evaluated t of the path (default: the grid's Budget)")
-    parser.add_argument(
-        "--train-images", type=int, help="images each tampered model is trained on (default: the grid's Budget)"
-    )
-    parser.add_argument("--train-epochs", type=int, help="epochs those images are split into (cosine schedule)")
+    grid.add_training_options(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="the N to run")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
@@ -372,15 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cells:
         parser.error("--cells: name the cells to run (e.g. vgg_small_bn-patch-r10)")
     torch.set_num_threads(1)
-    budget = grid.Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else grid.Budget()
+    budget = grid.with_training(grid.Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else grid.Budget(), args)
     if args.epochs is not None:
         budget = dataclasses.replace(budget, repair_epochs=args.epochs)
     if args.num_points is not None:
         budget = dataclasses.replace(budget, num_points=args.num_points)
-    if args.train_images is not None:
-        budget = dataclasses.replace(budget, train_images=args.train_images)
-    if args.train_epochs is not None:
-        budget = dataclasses.replace(budget, train_epochs=args.train_epochs)
     known = {grid.cell_name(*cell): cell for cell in grid.cells()}
     unknown = [name for name in args.cells if name not in known]
     if unknown:
