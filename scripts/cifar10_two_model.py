@@ -48,6 +48,8 @@ SIZES = (2500, 500, 50)
 
 PRUNE_RATIO = 0.5
 BASELINES = ("finetune_a", "finetune_b", "fineprune_a", "scratch")
+STEPS = ("path", *BASELINES)
+"""What runs at every N; `--steps` may run fewer (e.g. a longer budget for the path and one fine-tuned end)."""
 
 
 def bonafide_of_size(test: Any, size: int) -> np.ndarray:
@@ -102,8 +104,9 @@ def run_two_model(
     out: Path,
     budget: grid.Budget,
     sizes: tuple[int, ...] = SIZES,
+    steps: tuple[str, ...] = STEPS,
 ) -> None:
-    """Both models of the cell, then the path and every baseline at every N of `sizes`."""
+    """Both models of the cell, then the path and the baselines (those of `steps`) at every N of `sizes`."""
     folder = out / grid.cell_name(arch, trig, rate)
     trigger = grid.TRIGGERS[trig][1]()
     _, evaluated = grid.halves(test, budget)
@@ -118,7 +121,8 @@ def run_two_model(
     for size in sizes:
         clean = grid.tensors(test, bonafide_of_size(test, size))
         models = [grid.load_tampered(arch, file) for file in weights]
-        run_size(folder / study_name(budget) / f"N{size}", models, clean, settings, trigger, eval_set, evaluate)
+        step = folder / study_name(budget) / f"N{size}"
+        run_size(step, models, clean, settings, trigger, eval_set, evaluate, steps)
 
 
 def tampered_model(
@@ -154,25 +158,28 @@ def run_size(
     trigger: Any,
     eval_set: Any,
     evaluate: Any,
+    steps: tuple[str, ...] = STEPS,
 ) -> None:
-    """At one N: the path between the two models, then the baselines, on the same images with the same budget."""
+    """At one N: the path between the two models, then the baselines, on the same images with the same budget
+    (only those named in `steps`)."""
     a, b = models
 
     def path() -> dict[str, Any]:
         kept = {"trigger": trigger, "target": grid.TARGET, "eval": eval_set, "out": step / "path"}
         return grid.repair_record(mcrobust.repair(a, clean, second=b, **kept, **settings))
 
-    grid.timed(step / path_file(settings["num_points"]), path)
     single = {key: value for key, value in settings.items() if key != "num_points"}
-    for name, model in (("finetune_a", a), ("finetune_b", b)):
-        grid.timed(
-            step / f"{name}.json",
-            partial(grid.second_end_alone, "finetune", model, clean, single, step / name, evaluate),
-        )
-    grid.timed(step / "fineprune_a.json", partial(fine_pruning_alone, a, clean, single, step / "fineprune", evaluate))
-    grid.timed(
-        step / "scratch.json", partial(grid.second_end_alone, "scratch", a, clean, single, step / "scratch", evaluate)
-    )
+    runs = {
+        "finetune_a": partial(grid.second_end_alone, "finetune", a, clean, single, step / "finetune_a", evaluate),
+        "finetune_b": partial(grid.second_end_alone, "finetune", b, clean, single, step / "finetune_b", evaluate),
+        "fineprune_a": partial(fine_pruning_alone, a, clean, single, step / "fineprune", evaluate),
+        "scratch": partial(grid.second_end_alone, "scratch", a, clean, single, step / "scratch", evaluate),
+    }
+    if "path" in steps:
+        grid.timed(step / path_file(settings["num_points"]), path)
+    for name in BASELINES:
+        if name in steps:
+            grid.timed(step / f"{name}.json", runs[name])
 
 
 def path_file(num_points: int) -> str:
@@ -213,9 +220,9 @@ def two_model_table(out: Path) -> str:
         for size in SIZES:
             step = study / f"N{size}"
             files = {"path": finest_path(step)} | {name: step / f"{name}.json" for name in BASELINES}
-            if not all(file.is_file() for file in files.values()):
+            results = {name: json.loads(file.read_text()) for name, file in files.items() if file.is_file()}
+            if "path" not in results or not {"finetune_a", "finetune_b"} & set(results):
                 continue
-            results = {name: json.loads(file.read_text()) for name, file in files.items()}
             if "failed" in results["path"]:
                 lines.append(f"| {folder.name} | {epochs} | {size} | path failed: {results['path']['failed']} |")
                 continue
@@ -226,7 +233,7 @@ def two_model_table(out: Path) -> str:
                 measured(ends[1]),
                 measured(chosen) + f" (t={path['t']:g} of {len(path['rows'])})",
             ]
-            cells += [measured(results[name]) for name in BASELINES]
+            cells += [measured(results[name]) if name in results else "not run" for name in BASELINES]
             images = ends[0].get("train_images", grid.Budget.train_images)
             cells += [f"{path['seconds']:.0f}", f"{images:,}"]
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + " |")
@@ -277,13 +284,13 @@ def verdict(chosen: dict[str, Any], tuned: list[dict[str, Any]]) -> str:
     return "wins" if chosen["asr"] <= KEPT_ASR else "wins, but keeps the backdoor"
 
 
-NO_END = "no comparison: both fine-tuned ends diverged"
-"""The verdict of an N whose two fine-tuned ends both diverged (nothing to compare the path with)."""
+NO_END = "no comparison: no fine-tuned end finished"
+"""The verdict of an N whose fine-tuned ends all diverged or were not run (nothing to compare the path with)."""
 
 
 def fine_tuned_ends(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Both fine-tuned ends of one N, a diverged one left out of every comparison."""
-    return [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results[name]]
+    """The fine-tuned ends of one N, a diverged or not run one left out of every comparison."""
+    return [results[name] for name in ("finetune_a", "finetune_b") if "clean_acc" in results.get(name, {})]
 
 
 def beats_fine_tuning(cell: str, size: int, chosen: dict[str, Any], results: dict[str, Any]) -> str:
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-points", type=int, help="evaluated t of the path (default: the grid's Budget)")
     grid.add_training_options(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="the N to run")
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="what to run at every N")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget that only checks the chain runs")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
     args = parser.parse_args(argv)
@@ -374,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = grid.load_data(args.data, args.out / "cache")
     for name in args.cells:
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-        run_two_model(*known[name], train, test, args.out, budget, tuple(args.sizes))
+        run_two_model(*known[name], train, test, args.out, budget, tuple(args.sizes), tuple(args.steps))
     return 0
 
 

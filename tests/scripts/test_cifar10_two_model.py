@@ -136,3 +136,21 @@ def test_the_table_says_how_many_images_trained_the_models(tmp_path):
     line = next(line for line in two.two_model_table(tmp_path).splitlines() if line.startswith("| wrn"))
 
     assert line.endswith("| 12 | 240,000 |")
+
+
+def test_a_step_run_with_fewer_baselines_says_not_run_and_compares_with_the_ends_it_has(tmp_path):
+    cell = tmp_path / "wrn16_1-patch-r10"
+    for name in ("tampered.json", "tampered_1.json"):
+        (cell / name).parent.mkdir(parents=True, exist_ok=True)
+        (cell / name).write_text(json.dumps(result(0.8, 0.95)))
+    step = cell / "two_model_e64" / "N500"
+    step.mkdir(parents=True)
+    rows = [{"t": t, "n_clean": 2000, **result(clean, asr)} for t, clean, asr in ((0, 0.8, 0.95), (0.5, 0.75, 0.05))]
+    (step / "path.json").write_text(json.dumps({"t": 0.5, "rows": rows, "seconds": 12.0}))
+    (step / "finetune_a.json").write_text(json.dumps(result(0.7, 0.9)))
+
+    table = two.two_model_table(tmp_path)
+
+    line = next(line for line in table.splitlines() if line.startswith("| wrn"))
+    assert line.split(" | ").count("not run") == 3  # fine-tune B, fine-prune A and scratch
+    assert "- wrn16_1-patch-r10 (64 epochs) N=500: path 0.750 / 0.050, fine-tuned ends 0.700 / 0.900: wins" in table
