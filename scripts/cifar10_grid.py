@@ -545,7 +545,7 @@ STUDY_DEFAULT = "veto"
 
 def study_table(out: Path) -> str:
     """The scan study's cells: the point each rule picks on the suspect-class path, and issue 14's tally per rule."""
-    head = ("cell", "model", "fine-tuning", "FST", "end alone", *STUDY_RULES, "the scan repair's own pick", "repair s")
+    head = ("cell", "model", "fine-tuning", "FST", "end alone", *STUDY_RULES, "the repair's own pick", "repair s")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     met = {rule: 0 for rule in STUDY_RULES}
     removed = dict(met)
@@ -554,7 +554,7 @@ def study_table(out: Path) -> str:
         model = json.loads((folder / "tampered.json").read_text())
         finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
         fst = json.loads((folder / "fst.json").read_text())
-        repair = json.loads((folder / "repair_unlearn_suspect_scan.json").read_text())
+        selection, repair = real_repair(folder)
         rows = repair["rows"]
         choices = replayed_choices(rows, json.loads((folder / "scan_study.json").read_text())["reach"])
         cells = []
@@ -571,11 +571,25 @@ def study_table(out: Path) -> str:
             f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
             f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | {fst['clean_acc']:.3f} / {fst['asr']:.3f} | "
             f"{point(rows, 1.0)['clean_acc']:.3f} / {point(rows, 1.0)['asr']:.3f} | " + " | ".join(cells) + " | "
-            f"t={repair['t']:.2f} ({own['clean_acc']:.3f} / {own['asr']:.3f}) | {repair['seconds']:.0f} |"
+            f"t={repair['t']:.2f} {selection} ({own['clean_acc']:.3f} / {own['asr']:.3f}) | {repair['seconds']:.0f} |"
         )
     lines += ["", f"{counted} cells where fine-tuning kept ASR > 0.5; ASR <= 0.10, and also within 3 points:"]
     lines += [f"- {rule}: {removed[rule]} of {counted}, {met[rule]} of {counted}" for rule in STUDY_RULES]
     return "\n".join(lines)
+
+
+REAL_REPAIRS = ("scan", "veto")
+"""Selections of the `mcrobust.repair` runs on a cell's suspect path, in the order the study shows their pick."""
+
+
+def real_repair(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The selection and result of the real repair whose pick the study shows next to its replays: 'scan' where it
+    ran (the replays were checked against it), else 'veto' (cells that ran only the default)."""
+    for selection in REAL_REPAIRS:
+        file = folder / f"repair_unlearn_suspect_{selection}.json"
+        if file.is_file():
+            return selection, json.loads(file.read_text())
+    raise FileNotFoundError(f"{folder}: no repair_unlearn_suspect_<scan|veto>.json next to its scan study")
 
 
 def pair(row: dict[str, Any]) -> tuple[float, float]:

@@ -152,6 +152,14 @@ def test_the_study_table_counts_the_bar_per_rule(tmp_path):
 
     assert "| a-rep3 | 0.500 / 0.950 | 0.500 / 0.950 | 0.450 / 0.050 | 0.440 / 0.010 |" in text
     assert "**0.490 / 0.050 (t=0.50)**" in text and "0.500 / 0.600 (t=0.25)" in text  # veto, bold; the old scan
-    assert "| t=0.50 (0.490 / 0.050) | 9 |" in text  # the scan repair's own pick agrees with the replayed scan
+    assert "| t=0.50 scan (0.490 / 0.050) | 9 |" in text  # the scan repair's own pick agrees with the replayed scan
     assert "- scan (must lead): 0 of 1, 0 of 1" in text and "- scan: 1 of 1, 1 of 1" in text
     assert "- far: 1 of 1, 1 of 1" in text  # t = 0.75: 0.480 / 0.020, 2 points under the model
+
+
+def test_the_study_table_shows_the_defaults_own_pick_where_only_the_default_ran(tmp_path):
+    write_cell(tmp_path / "a-conv", B_PATH)
+    (tmp_path / "a-conv" / "repair_unlearn_suspect_veto.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.5)))
+    (tmp_path / "a-conv" / "scan_study.json").write_text(json.dumps({"reach": OVERTAKEN, "seconds": 5}))
+
+    assert "| t=0.50 veto (0.490 / 0.050) | 9 |" in grid.study_table(tmp_path)
