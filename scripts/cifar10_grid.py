@@ -207,6 +207,11 @@ def trained_on(budget: Budget) -> dict[str, int]:
     return {"train_images": budget.train_images, "train_epochs": budget.train_epochs}
 
 
+def trained_images(record: dict[str, Any]) -> int:
+    """The number of images a tampered model's JSON says it trained on (older records: the grid's default)."""
+    return int(record.get("train_images", Budget.train_images))
+
+
 def refuse_other_budget(record: Path, budget: Budget) -> None:
     """Stop when `record`, a tampered model's JSON, says it was trained on another number of images than `budget`.
 
@@ -214,7 +219,7 @@ def refuse_other_budget(record: Path, budget: Budget) -> None:
     """
     if not record.is_file():
         return
-    kept = json.loads(record.read_text()).get("train_images", Budget.train_images)
+    kept = trained_images(json.loads(record.read_text()))
     if kept != budget.train_images:
         raise SystemExit(
             f"--train-images: {record.parent.name} was trained on {kept:,} images, not {budget.train_images:,}; "

@@ -170,16 +170,16 @@ def run_size(
 
     single = {key: value for key, value in settings.items() if key != "num_points"}
     runs = {
+        "path": path,
         "finetune_a": partial(grid.second_end_alone, "finetune", a, clean, single, step / "finetune_a", evaluate),
         "finetune_b": partial(grid.second_end_alone, "finetune", b, clean, single, step / "finetune_b", evaluate),
         "fineprune_a": partial(fine_pruning_alone, a, clean, single, step / "fineprune", evaluate),
         "scratch": partial(grid.second_end_alone, "scratch", a, clean, single, step / "scratch", evaluate),
     }
-    if "path" in steps:
-        grid.timed(step / path_file(settings["num_points"]), path)
-    for name in BASELINES:
+    for name in STEPS:  # the path first, then the baselines
         if name in steps:
-            grid.timed(step / f"{name}.json", runs[name])
+            file = path_file(settings["num_points"]) if name == "path" else f"{name}.json"
+            grid.timed(step / file, runs[name])
 
 
 def path_file(num_points: int) -> str:
@@ -234,8 +234,7 @@ def two_model_table(out: Path) -> str:
                 measured(chosen) + f" (t={path['t']:g} of {len(path['rows'])})",
             ]
             cells += [measured(results[name]) if name in results else "not run" for name in BASELINES]
-            images = ends[0].get("train_images", grid.Budget.train_images)
-            cells += [f"{path['seconds']:.0f}", f"{images:,}"]
+            cells += [f"{path['seconds']:.0f}", f"{grid.trained_images(ends[0]):,}"]
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + " |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
             outcomes.append((int(epochs), size, summary[-1].rsplit(": ", 1)[1]))
