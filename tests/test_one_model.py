@@ -166,6 +166,17 @@ def test_resuming_with_another_recipe_is_refused(handed, tmp_path):
         other.check_resumable("one")
 
 
+def test_a_setting_the_recipe_never_read_does_not_block_a_resume(handed, tmp_path):
+    finetuned, _ = chain_for(handed, tmp_path / "finetune", second_end="finetune", unlearn_eps=3.0)
+    finetuned.check_resumable("one")
+    # the unlearning radius shaped nothing in a fine-tuned end: a later default of it must not block the resume
+    chain_for(handed, tmp_path / "finetune", second_end="finetune", unlearn_eps=1.0)[0].check_resumable("one")
+    unlearned, _ = chain_for(handed, tmp_path / "unlearn", unlearn_eps=3.0)
+    unlearned.check_resumable("one")
+    with pytest.raises(ConfigError, match="unlearn_eps=3.0, this one has 1.5"):
+        chain_for(handed, tmp_path / "unlearn", unlearn_eps=1.5)[0].check_resumable("one")
+
+
 def test_fresh_copy_reinitialises_every_layer_and_the_batchnorm_statistics():
     template = SoftmaxNet()
     with torch.no_grad():  # a "trained" model: every weight and statistic away from its initial value

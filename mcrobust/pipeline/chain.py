@@ -47,6 +47,16 @@ UNTRAINED = ("num_points", "selection_tolerance", "selection", "accelerator", "p
 """ChainSettings that change no trained weights: free to differ when a repair resumes."""
 
 
+RECIPE_ONLY = {
+    "superfinetune_lr": ("superfinetune", "scratch"),
+    "fst_alpha": ("fst",),
+    "unlearn_eps": ("unlearn",),
+    "unlearn_steps": ("unlearn",),
+    "unlearn_suspect": ("unlearn",),
+}
+"""Settings that shape the trained second end of these recipes only (the scan reads unlearn_eps and unlearn_steps
+too, but trains nothing): a repair of another recipe resumes whatever their values, or their defaults, became."""
+
 BEFORE_IT_EXISTED = {"unlearn_suspect": False}
 """What a repair folder written before a setting existed was trained with, where that differs from its default."""
 
@@ -160,7 +170,11 @@ class ChainSettings:
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that shape the trained stages: a resumed repair must have the same ones."""
-        return {key: getattr(self, key) for key in self.__dataclass_fields__ if key not in UNTRAINED}
+        return {
+            key: getattr(self, key)
+            for key in self.__dataclass_fields__
+            if key not in UNTRAINED and self.second_end in RECIPE_ONLY.get(key, (self.second_end,))
+        }
 
 
 def repair_data(
