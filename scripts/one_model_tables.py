@@ -194,8 +194,12 @@ def write_tables(study: dict[str, Any], path: Path) -> str:
     from mcrobust.api import NEAR_TAMPERED, near_tampered
     from mcrobust.pipeline.chain import ChainSettings
 
-    rule = ChainSettings().selection
-    chosen, default = points(study, ("middle", "far")), points(study, (rule,))
+    settings = ChainSettings()
+    settings.resolve_selection(one_model=True)
+    rule = settings.selection  # 'auto' names no rule of its own; with one model it resolves to a scan rule
+    chosen = points(study, ("middle", "far"))
+    # the scan rules need the scans, not only the rows: their points are the ones each repair exported
+    default = [row_at(run, run["chosen_t"]) for run in study["runs"] if 0 < run["chosen_t"] < 1]
     every = [row for run in study["runs"] for row in run["rows"] if 0 < row["t"] < 1]
     text = "\n\n".join(
         [
@@ -209,8 +213,8 @@ def write_tables(study: dict[str, Any], path: Path) -> str:
             f"## Warning signals at the points the rules export ({len(chosen)} interior points)\n\n"
             + signal_table(chosen),
             f"## Warning signals at every interior point of every path ({len(every)} points)\n\n" + signal_table(every),
-            f"## mcrobust's warning rule {NEAR_TAMPERED} at the points the default rule ('{rule}') exports "
-            f"({len(default)})\n\n" + confusion(default, near_tampered),
+            f"## mcrobust's warning rule {NEAR_TAMPERED} at the points the repairs exported (the default rule with "
+            f"one model: '{rule}') ({len(default)})\n\n" + confusion(default, near_tampered),
             "## The same rule at the points either rule exports\n\n" + confusion(chosen, near_tampered),
             "## The same rule at every interior point\n\n" + confusion(every, near_tampered),
             "## Every path\n\n" + path_tables(study),
