@@ -64,19 +64,34 @@ RECIPES = ("finetune", "superfinetune", "fst", "unlearn")
 """Second ends of the one-model repairs: the paper's, super-fine-tuning, FST, and adversarial unlearning."""
 PLAIN = {"unlearn_suspect": False, "selection": "middle"}
 """The grid's first recipes as they ran: no suspect class, the paper's middle rule (the table reads 'far' off rows)."""
+FIRST_RADIUS = {"unlearn_eps": 3.0}
+"""The unlearning radius of every unlearning recipe of the grid before 2026-12-07 (the default, then and now)."""
+RADII = {"r15": 1.5, "r2": 2.0}
+"""The smaller unlearning radii tried on 2026-12-07 (`radius_table`), by the suffix of their recipe and folder."""
 RECIPE_SETTINGS = {recipe: {"second_end": recipe, **PLAIN} for recipe in RECIPES} | {
-    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "far"},
-    "unlearn_scan": {"second_end": "unlearn", "unlearn_suspect": False, "selection": "scan"},
-    "unlearn_suspect_scan": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "scan"},
-    "unlearn_suspect_veto": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "veto"},
+    "unlearn": {"second_end": "unlearn", **PLAIN, **FIRST_RADIUS},
+    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "far", **FIRST_RADIUS},
+    "unlearn_scan": {"second_end": "unlearn", "unlearn_suspect": False, "selection": "scan", **FIRST_RADIUS},
+    "unlearn_suspect_scan": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "scan", **FIRST_RADIUS},
+    "unlearn_suspect_veto": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "veto", **FIRST_RADIUS},
 }
-"""`mcrobust.repair` settings of every recipe `--recipes` may name (the default ones, `unlearn_suspect`, and both
-unlearning recipes with selection 'scan')."""
+RECIPE_SETTINGS |= {
+    f"unlearn_suspect_veto_{tag}": {
+        "second_end": "unlearn",
+        "unlearn_suspect": True,
+        "selection": "veto",
+        "unlearn_eps": r,
+    }
+    for tag, r in RADII.items()
+}
+"""`mcrobust.repair` settings of every recipe `--recipes` may name, as they ran: the default ones, `unlearn_suspect`,
+both unlearning recipes with selection 'scan', the veto, and the veto at the smaller radii of `radius_table`
+(`unlearn_suspect_veto_r15`, `unlearn_suspect_veto_r2`)."""
 SHARED_FOLDER = {
     "unlearn_scan": "unlearn",
     "unlearn_suspect_scan": "unlearn_suspect",
     "unlearn_suspect_veto": "unlearn_suspect",
-}
+} | {f"unlearn_suspect_veto_{tag}": f"unlearn_suspect_{tag}" for tag in RADII}
 """Recipes that differ only in the choice of t resume the trained folder of their recipe (nothing is retrained)."""
 
 
@@ -583,6 +598,67 @@ def study_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def radius_table(out: Path) -> str:
+    """The default one-model repair at the unlearning radius 3 it had until 2026-12-07 and at the smaller radii
+    (`RADII`), on every cell where one of those ran: each end alone and the veto's pick (at radius 3 replayed from the
+    scan study where only 'scan' ran), and issue 14's tally per radius on the cells fine-tuning left backdoored."""
+    radii = {"r3": 3.0} | RADII
+    head = ["cell", "model", "fine-tuning"]
+    head += [f"radius {r:g}: {what}" for r in radii.values() for what in ("end alone", "veto")]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    met, removed, counted = ({tag: 0 for tag in radii} for _ in range(3))
+    for folder in sorted(f for f in out.iterdir() if f.is_dir()):
+        files = {tag: folder / f"repair_unlearn_suspect_veto_{tag}.json" for tag in RADII}
+        if not any(file.is_file() for file in files.values()):
+            continue
+        model = json.loads((folder / "tampered.json").read_text())
+        finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
+        picks = {"r3": first_radius_veto(folder)}
+        picks |= {tag: (run["t"], run["rows"]) for tag, file in files.items() if (run := read_json(file))}
+        cells = []
+        for tag in radii:
+            if tag not in picks:
+                cells += ["-", "-"]
+                continue
+            t, rows = picks[tag]
+            chosen, end = point(rows, t), point(rows, 1.0)
+            if finetune["asr"] > 0.5:
+                counted[tag] += 1
+                removed[tag] += chosen["asr"] <= 0.10
+                met[tag] += chosen["asr"] <= 0.10 and model["clean_acc"] - chosen["clean_acc"] <= 0.03
+            cells += [
+                f"{end['clean_acc']:.3f} / {end['asr']:.3f}",
+                f"{chosen['clean_acc']:.3f} / {chosen['asr']:.3f} (t={t:.2f})",
+            ]
+        lines.append(
+            f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
+            f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "On the cells where fine-tuning kept ASR > 0.5 and the radius ran: ASR <= 0.10, and also within 3 points:",
+    ]
+    lines += [
+        f"- radius {r:g}: {removed[tag]} of {counted[tag]}, {met[tag]} of {counted[tag]}" for tag, r in radii.items()
+    ]
+    return "\n".join(lines)
+
+
+def read_json(file: Path) -> dict[str, Any] | None:
+    """The JSON content of `file`, or None where it does not exist."""
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def first_radius_veto(folder: Path) -> tuple[float, list[dict[str, Any]]]:
+    """The veto's t at radius 3 and the path's rows: the real veto repair where it ran, else the veto replayed on the
+    'scan' repair's path from the cell's scan study."""
+    selection, repair = real_repair(folder)
+    if selection == "veto":
+        return repair["t"], repair["rows"]
+    reach = json.loads((folder / "scan_study.json").read_text())["reach"]
+    return replayed_choices(repair["rows"], reach)["veto"][0], repair["rows"]
+
+
 REAL_REPAIRS = ("scan", "veto")
 """Selections of the `mcrobust.repair` runs on a cell's suspect path, in the order the study shows their pick."""
 
@@ -711,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-study", action="store_true", help="super-fine-tuning budgets on finished cells")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(args.out) + "\n\n" + budget_table(args.out) + "\n\n" + study_table(args.out))
+        tables = (table(args.out), budget_table(args.out), study_table(args.out), radius_table(args.out))
+        print("\n\n".join(tables))
         return 0
     torch.set_num_threads(1)
     budget = with_training(Budget(512, 1, 300, 1, 256, 200, 3) if args.smoke else Budget(), args)

@@ -67,13 +67,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reinit_head": {"second_end": "reinit_head"},
     "fst": {"second_end": "fst"},
     "scratch": {"second_end": "scratch"},
-    "unlearn": {"second_end": "unlearn", "unlearn_suspect": False},
-    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True},
+    "unlearn": {"second_end": "unlearn", "unlearn_suspect": False, "unlearn_eps": 3.0},
+    "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "unlearn_eps": 3.0},
+    "unlearn_suspect_r15": {"second_end": "unlearn", "unlearn_suspect": True, "unlearn_eps": 1.5},
     "superfinetune_lr0.02": {"second_end": "superfinetune", "superfinetune_lr": 0.02},
     "superfinetune_noaug": {"second_end": "superfinetune", "augment": False},
     "superfinetune+augpath": {"second_end": "superfinetune", "path_augment": True},
 }
-"""Recipe name -> ChainSettings of the one-model repair."""
+"""Recipe name -> ChainSettings of the one-model repair (unlearning at the radius it ran with: 3 until 2026-12-07,
+then the default 1.5)."""
 RECIPES = ("finetune", "superfinetune", "reinit_head", "fst", "scratch")
 """The recipes a plain run measures (augmenting the path hurt every path on digits: see docs/one_model.md)."""
 

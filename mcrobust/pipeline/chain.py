@@ -90,8 +90,11 @@ class ChainSettings:
             for 'superfinetune' and 'scratch', off for the others).
         superfinetune_lr: peak learning rate of the one-cycle schedule of 'superfinetune' and 'scratch'.
         fst_alpha: weight of FST's penalty alpha <W, W_0> between the new and the tampered head (Min et al.: 0.2).
-        unlearn_eps: L2 radius, in pixel units, of the universal perturbation 'unlearn' trains against (3: about a
-            3x3 white patch).
+        unlearn_eps: L2 radius, in pixel units, of the universal perturbations 'unlearn' trains against and the
+            suspect scan searches (3; on CIFAR-10 a 3x3 white patch changes an image by 2.4 on average, a 4x4
+            checkerboard by 3.9). 1.5 kept 2-4 more points of clean accuracy on converged CIFAR-10 models, but kept
+            the checkerboard backdoor on VGG (docs/results.md, 2026-12-07). Scale it with the square root of the
+            pixel count for images larger than 32x32.
         unlearn_steps: ascent steps of that perturbation per training step ('unlearn' costs 1 + this many times
             the gradient work of fine-tuning).
         unlearn_suspect: 'unlearn' also trains against the targeted universal perturbation toward the class it

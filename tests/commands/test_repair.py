@@ -29,7 +29,7 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
-    assert "unlearn_suspect" not in seen  # the chain's default (on with 'unlearn') decides
+    assert "unlearn_suspect" not in seen and "unlearn_eps" not in seen  # the chain's defaults decide
     seen.clear()
     command._run(
         command.parser().parse_args(
@@ -43,6 +43,12 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
         )
     )
     assert seen["unlearn_suspect"] is False
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--unlearn-eps", "0.75"]
+        )
+    )
+    assert seen["unlearn_eps"] == 0.75
 
 
 def test_an_unknown_selection_is_one_line(capsys):

@@ -81,8 +81,14 @@ def test_every_recipe_maps_to_settings_repair_accepts():
         "second_end": "unlearn",
         "unlearn_suspect": True,
         "selection": "scan",
+        "unlearn_eps": 3.0,
     }
     assert grid.RECIPE_SETTINGS["unlearn"]["unlearn_suspect"] is False  # as it ran, whatever the default
+    # every unlearning recipe names its radius: the folders of the first radius stay the same recipe
+    unlearning = [settings for settings in grid.RECIPE_SETTINGS.values() if settings["second_end"] == "unlearn"]
+    assert all("unlearn_eps" in settings for settings in unlearning)
+    assert grid.FIRST_RADIUS["unlearn_eps"] == ChainSettings().unlearn_eps  # still the default
+    assert grid.RECIPE_SETTINGS["unlearn_suspect_veto_r15"]["unlearn_eps"] == 1.5
     assert set(grid.RECIPES) < set(grid.RECIPE_SETTINGS)
 
 
@@ -163,3 +169,31 @@ def test_the_study_table_shows_the_defaults_own_pick_where_only_the_default_ran(
     (tmp_path / "a-conv" / "scan_study.json").write_text(json.dumps({"reach": OVERTAKEN, "seconds": 5}))
 
     assert "| t=0.50 veto (0.490 / 0.050) | 9 |" in grid.study_table(tmp_path)
+
+
+HALF_RADIUS_PATH = [(0.50, 0.95, 0.50), (0.50, 0.02, 0.50), (0.50, 0.03, 0.50), (0.49, 0.03, 0.49), (0.47, 0.04, 0.47)]
+"""The same cell's path at unlearning radius 1.5: the end costs 3 points, not 6, and the middle point 0."""
+
+
+def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tmp_path):
+    write_cell(tmp_path / "a-rep3", B_PATH)
+    (tmp_path / "a-rep3" / "repair_unlearn_suspect_scan.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.25)))
+    (tmp_path / "a-rep3" / "scan_study.json").write_text(json.dumps({"reach": OVERTAKEN, "seconds": 5}))
+    write_cell(tmp_path / "b-conv", B_PATH)  # radius 3 ran as the veto itself: its own pick is shown
+    (tmp_path / "b-conv" / "repair_unlearn_suspect_veto.json").write_text(json.dumps(repair(B_PATH, 0.5)))
+    for cell in ("a-rep3", "b-conv"):
+        half = repair(HALF_RADIUS_PATH, 0.5)
+        (tmp_path / cell / "repair_unlearn_suspect_veto_r15.json").write_text(json.dumps(half))
+    (tmp_path / "b-conv" / "repair_unlearn_suspect_veto_r2.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.25)))
+    write_cell(tmp_path / "c-not-run", B_PATH)  # no smaller radius ran: not a row
+
+    text = grid.radius_table(tmp_path)
+
+    # a: the veto at radius 3 replayed from the scan study (t = 0.5, not the scan repair's own t = 0.25); no radius 2
+    assert "| a-rep3 | 0.500 / 0.950 | 0.500 / 0.950 | 0.440 / 0.010 | 0.490 / 0.050 (t=0.50) |" in text
+    assert "| 0.470 / 0.040 | 0.500 / 0.030 (t=0.50) | - | - |" in text
+    assert "| b-conv | 0.500 / 0.950 | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) |" in text
+    assert "| 0.440 / 0.010 | 0.500 / 0.600 (t=0.25) |" in text  # radius 2 on b: its own pick, backdoored
+    assert "c-not-run" not in text
+    assert "- radius 3: 1 of 2, 1 of 2" in text and "- radius 1.5: 2 of 2, 2 of 2" in text
+    assert "- radius 2: 0 of 1, 0 of 1" in text
