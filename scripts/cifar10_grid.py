@@ -18,7 +18,8 @@ on the other half:
 `--recipes` picks the second ends to run; the grid's first cells also have the path to the FST end, and
 `--recipes unlearn_suspect` adds unlearning with `unlearn_suspect=True` (`repair_unlearn_suspect.json`), and
 `unlearn_scan` / `unlearn_suspect_scan` choose t on those trained paths again with selection 'scan' (nothing is
-retrained: they resume the recipe's folder; `repair_<recipe>_scan.json`).
+retrained: they resume the recipe's folder; `repair_<recipe>_scan.json`). `unlearn_suspect_veto_r15` and
+`unlearn_suspect_veto_r2` are the default at unlearning radius 1.5 and 2 instead of 3 (the table `radius_table`).
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
@@ -599,7 +600,7 @@ def study_table(out: Path) -> str:
 
 
 def radius_table(out: Path) -> str:
-    """The default one-model repair at the unlearning radius 3 it had until 2026-12-07 and at the smaller radii
+    """The default one-model repair at its unlearning radius (3) and at the smaller radii tried on 2026-12-07
     (`RADII`), on every cell where one of those ran: each end alone and the veto's pick (at radius 3 replayed from the
     scan study where only 'scan' ran), and issue 14's tally per radius on the cells fine-tuning left backdoored."""
     radii = {"r3": 3.0} | RADII
