@@ -77,12 +77,7 @@ RECIPE_SETTINGS = {recipe: {"second_end": recipe, **PLAIN} for recipe in RECIPES
     "unlearn_suspect_veto": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "veto", **FIRST_RADIUS},
 }
 RECIPE_SETTINGS |= {
-    f"unlearn_suspect_veto_{tag}": {
-        "second_end": "unlearn",
-        "unlearn_suspect": True,
-        "selection": "veto",
-        "unlearn_eps": r,
-    }
+    f"unlearn_suspect_veto_{tag}": RECIPE_SETTINGS["unlearn_suspect_veto"] | {"unlearn_eps": r}
     for tag, r in RADII.items()
 }
 """`mcrobust.repair` settings of every recipe `--recipes` may name, as they ran: the default ones, `unlearn_suspect`,
@@ -396,7 +391,7 @@ def scan_study(net: torch.nn.Module, clean: Any, settings: dict[str, Any], folde
 def finetuning_kept_backdoor(folder: Path) -> bool:
     """Whether the paper's recipe (t = 1 of `repair_finetune.json`, run first) left ASR above 0.5 in this cell."""
     file = folder / "repair_finetune.json"
-    result = json.loads(file.read_text()) if file.is_file() else {}
+    result = read_json(file)
     return "rows" in result and point(result["rows"], 1.0)["asr"] > 0.5
 
 
@@ -435,7 +430,7 @@ def budget_table(out: Path) -> str:
         model = json.loads((folder / "tampered.json").read_text())
         cells = []
         for file in found.values():
-            result = json.loads(file.read_text()) if file.is_file() else {}
+            result = read_json(file)
             cells.append(f"{result['clean_acc']:.3f} / {result['asr']:.3f}" if "asr" in result else "-")
         lines.append(f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -495,7 +490,7 @@ def superfinetune_columns(result: dict[str, Any]) -> dict[str, Any]:
 def fst_path(folder: Path) -> tuple[float, ...] | None:
     """The chosen point of the path from the model to its FST end, when that repair has run."""
     file = folder / "repair_fst.json"
-    result = json.loads(file.read_text()) if file.is_file() else {}
+    result = read_json(file)
     return pair(point(result["rows"], result["t"])) + (result["t"],) if "rows" in result else None
 
 
@@ -513,7 +508,7 @@ def unlearning_columns(folder: Path) -> dict[str, Any]:
         file = folder / f"repair_{name}.json"
         if not file.is_file():  # held-out cells train the path through the default recipe only
             file = folder / f"repair_{name}_scan.json"
-        result = json.loads(file.read_text()) if file.is_file() else {}
+        result = read_json(file)
         if "rows" not in result:
             continue
         rows = result["rows"]
@@ -527,7 +522,7 @@ def unlearning_columns(folder: Path) -> dict[str, Any]:
             f"{name}_warned": bool(result["warnings"]),
         }
         scanned_file = folder / f"repair_{name}_scan.json"
-        scanned = json.loads(scanned_file.read_text()) if scanned_file.is_file() else {}
+        scanned = read_json(scanned_file)
         if "rows" in scanned:  # selection 'scan' on the same trained path
             columns |= {
                 f"{name}_scan": pair(point(scanned["rows"], scanned["t"])) + (scanned["t"],),
@@ -603,7 +598,7 @@ def radius_table(out: Path) -> str:
     """The default one-model repair at its unlearning radius (3) and at the smaller radii tried on 2026-12-07
     (`RADII`), on every cell where one of those ran: each end alone and the veto's pick (at radius 3 replayed from the
     scan study where only 'scan' ran), and issue 14's tally per radius on the cells fine-tuning left backdoored."""
-    radii = {"r3": 3.0} | RADII
+    radii = {"r3": FIRST_RADIUS["unlearn_eps"]} | RADII
     head = ["cell", "model", "fine-tuning"]
     head += [f"radius {r:g}: {what}" for r in radii.values() for what in ("end alone", "veto")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -645,9 +640,9 @@ def radius_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def read_json(file: Path) -> dict[str, Any] | None:
-    """The JSON content of `file`, or None where it does not exist."""
-    return json.loads(file.read_text()) if file.is_file() else None
+def read_json(file: Path) -> dict[str, Any]:
+    """The JSON content of a step's file, or {} where that step has not run."""
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def first_radius_veto(folder: Path) -> tuple[float, list[dict[str, Any]]]:

@@ -74,8 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "superfinetune_noaug": {"second_end": "superfinetune", "augment": False},
     "superfinetune+augpath": {"second_end": "superfinetune", "path_augment": True},
 }
-"""Recipe name -> ChainSettings of the one-model repair (unlearning at the radius it ran with: 3 until 2026-12-07,
-then the default 1.5)."""
+"""Recipe name -> ChainSettings of the one-model repair (unlearning names its radius: 3, the default, or 1.5)."""
 RECIPES = ("finetune", "superfinetune", "reinit_head", "fst", "scratch")
 """The recipes a plain run measures (augmenting the path hurt every path on digits: see docs/one_model.md)."""
 
