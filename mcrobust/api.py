@@ -194,7 +194,7 @@ def repair(
         muted_start_up_notes,
         repair_data,
     )
-    from mcrobust.pipeline.scan import scan_selection
+    from mcrobust.pipeline.scan import resolve_radius, scan_selection
 
     with muted_start_up_notes():  # Lightning's start-up notes, restored afterwards
         if epochs is not None:
@@ -212,6 +212,8 @@ def repair(
         given = [first] if other is None else [first, other]
         chain.check_resumable("two" if other is not None else "one", inputs_fingerprint(given, clean_split))
         start = chain.save_endpoint("model", first)
+        if other is None and (chain_settings.second_end == "unlearn" or chain_settings.selection in SCANNED):
+            chain_settings.unlearn_eps = resolve_radius(chain, first)  # 'auto' was what the resume check compared
         end = chain.save_endpoint("second", other) if other is not None else chain.second_end(start)
         system, evaluation = chain.evaluate(chain.train_path(start, end))
         t = evaluation.summary.get("selected_t")

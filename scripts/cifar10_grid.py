@@ -19,7 +19,8 @@ on the other half:
 `--recipes unlearn_suspect` adds unlearning with `unlearn_suspect=True` (`repair_unlearn_suspect.json`), and
 `unlearn_scan` / `unlearn_suspect_scan` choose t on those trained paths again with selection 'scan' (nothing is
 retrained: they resume the recipe's folder; `repair_<recipe>_scan.json`). `unlearn_suspect_veto_r15` and
-`unlearn_suspect_veto_r2` are the default at unlearning radius 1.5 and 2 instead of 3 (the table `radius_table`).
+`unlearn_suspect_veto_r2` are the default at unlearning radius 1.5 and 2 instead of 3, `unlearn_suspect_veto_s3to15`
+with the radius shrinking from 3 to 1.5 over the epochs (the table `radius_table`).
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
@@ -45,11 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mcrobust  # noqa: E402
+from mcrobust.analysis.suspect import SuspectScan  # noqa: E402
 from mcrobust.data.bonafide import split_stratified  # noqa: E402
 from mcrobust.data.sources import ArraySplit, load_image_folder  # noqa: E402
 from mcrobust.errors import MCRobustError  # noqa: E402
 from mcrobust.nets import create_net  # noqa: E402
 from mcrobust.paths.selection import select_t  # noqa: E402
+from mcrobust.pipeline.scan import RADIUS_LADDER, RADIUS_REACH_LIMIT  # noqa: E402
 from mcrobust.threats.triggers import BlendTrigger, PatchTrigger  # noqa: E402
 
 TARGET = 0
@@ -67,8 +70,14 @@ PLAIN = {"unlearn_suspect": False, "selection": "middle"}
 """The grid's first recipes as they ran: no suspect class, the paper's middle rule (the table reads 'far' off rows)."""
 FIRST_RADIUS = {"unlearn_eps": 3.0}
 """The unlearning radius of every unlearning recipe of the grid before 2026-12-07 (the default, then and now)."""
-RADII = {"r15": 1.5, "r2": 2.0}
-"""The smaller unlearning radii tried on 2026-12-07 (`radius_table`), by the suffix of their recipe and folder."""
+RADII = {
+    "r15": {"unlearn_eps": 1.5},
+    "r2": {"unlearn_eps": 2.0},
+    "s3to15": {"unlearn_eps_final": 1.5},
+    "auto": {"unlearn_eps": "auto"},
+}
+"""The other unlearning radii tried on 2026-12-07 (`radius_table`), by the suffix of their recipe and folder: 1.5, 2,
+the schedule from 3 at the first epoch to 1.5 at the last, and 'auto' (`mcrobust.pipeline.scan.resolve_radius`)."""
 RECIPE_SETTINGS = {recipe: {"second_end": recipe, **PLAIN} for recipe in RECIPES} | {
     "unlearn": {"second_end": "unlearn", **PLAIN, **FIRST_RADIUS},
     "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "far", **FIRST_RADIUS},
@@ -77,12 +86,11 @@ RECIPE_SETTINGS = {recipe: {"second_end": recipe, **PLAIN} for recipe in RECIPES
     "unlearn_suspect_veto": {"second_end": "unlearn", "unlearn_suspect": True, "selection": "veto", **FIRST_RADIUS},
 }
 RECIPE_SETTINGS |= {
-    f"unlearn_suspect_veto_{tag}": RECIPE_SETTINGS["unlearn_suspect_veto"] | {"unlearn_eps": r}
-    for tag, r in RADII.items()
+    f"unlearn_suspect_veto_{tag}": RECIPE_SETTINGS["unlearn_suspect_veto"] | radius for tag, radius in RADII.items()
 }
 """`mcrobust.repair` settings of every recipe `--recipes` may name, as they ran: the default ones, `unlearn_suspect`,
-both unlearning recipes with selection 'scan', the veto, and the veto at the smaller radii of `radius_table`
-(`unlearn_suspect_veto_r15`, `unlearn_suspect_veto_r2`)."""
+both unlearning recipes with selection 'scan', the veto, and the veto at the other radii of `radius_table`
+(`unlearn_suspect_veto_r15`, `unlearn_suspect_veto_r2`, `unlearn_suspect_veto_s3to15`)."""
 SHARED_FOLDER = {
     "unlearn_scan": "unlearn",
     "unlearn_suspect_scan": "unlearn_suspect",
@@ -259,6 +267,7 @@ def repair_record(result: Any) -> dict[str, Any]:
         "distance_from_model": result.record["distance_from_model"],
         "warnings": result.warnings,
         "rule": result.summary.get("rule"),
+        "unlearn_eps": result.record["settings"]["unlearn_eps"],
     }
 
 
@@ -595,12 +604,12 @@ def study_table(out: Path) -> str:
 
 
 def radius_table(out: Path) -> str:
-    """The default one-model repair at its unlearning radius (3) and at the smaller radii tried on 2026-12-07
+    """The default one-model repair at its unlearning radius (3) and at the other radii tried on 2026-12-07
     (`RADII`), on every cell where one of those ran: each end alone and the veto's pick (at radius 3 replayed from the
     scan study where only 'scan' ran), and issue 14's tally per radius on the cells fine-tuning left backdoored."""
-    radii = {"r3": FIRST_RADIUS["unlearn_eps"]} | RADII
+    radii = {"r3": radius_name(FIRST_RADIUS)} | {tag: radius_name(FIRST_RADIUS | r) for tag, r in RADII.items()}
     head = ["cell", "model", "fine-tuning"]
-    head += [f"radius {r:g}: {what}" for r in radii.values() for what in ("end alone", "veto")]
+    head += [f"{name}: {what}" for name in radii.values() for what in ("end alone", "veto")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     met, removed, counted = ({tag: 0 for tag in radii} for _ in range(3))
     for folder in sorted(f for f in out.iterdir() if f.is_dir()):
@@ -611,6 +620,9 @@ def radius_table(out: Path) -> str:
         finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
         picks = {"r3": first_radius_veto(folder)}
         picks |= {tag: (run["t"], run["rows"]) for tag, file in files.items() if (run := read_json(file))}
+        same = RADIUS_TAGS.get(auto_radius(folder))
+        if "auto" not in picks and same in picks:
+            picks["auto"] = picks[same]  # the radius 'auto' resolves to on this model: the same settings and repair
         cells = []
         for tag in radii:
             if tag not in picks:
@@ -635,9 +647,36 @@ def radius_table(out: Path) -> str:
         "On the cells where fine-tuning kept ASR > 0.5 and the radius ran: ASR <= 0.10, and also within 3 points:",
     ]
     lines += [
-        f"- radius {r:g}: {removed[tag]} of {counted[tag]}, {met[tag]} of {counted[tag]}" for tag, r in radii.items()
+        f"- {name}: {removed[tag]} of {counted[tag]}, {met[tag]} of {counted[tag]}" for tag, name in radii.items()
     ]
     return "\n".join(lines)
+
+
+def radius_name(settings: dict[str, Any]) -> str:
+    """'radius 3', 'radius auto', or 'radius 3 to 1.5' for a schedule, from a recipe's unlearn_eps (and
+    unlearn_eps_final)."""
+    final, radius = settings.get("unlearn_eps_final"), settings["unlearn_eps"]
+    return f"radius {radius if isinstance(radius, str) else f'{radius:g}'}" + (f" to {final:g}" if final else "")
+
+
+RADIUS_TAGS = {FIRST_RADIUS["unlearn_eps"]: "r3"}
+RADIUS_TAGS |= {
+    r["unlearn_eps"]: tag for tag, r in RADII.items() if set(r) == {"unlearn_eps"} and r["unlearn_eps"] != "auto"
+}
+"""The radius -> its recipe's tag, for the fixed radii of `radius_table`."""
+
+
+def auto_radius(folder: Path) -> float | None:
+    """The radius `unlearn_eps='auto'` resolves to on the cell's model: from `auto_radius.json` (written by
+    `calibrated_radius` on the model as the repair sees it), else from the cell's scan study when its scan of t = 0
+    at radius 3, the scan 'auto' makes first (the same model, BN statistics and images), is within the limit."""
+    if (resolved := read_json(folder / "auto_radius.json")).get("radius") is not None:
+        return float(resolved["radius"])
+    reach = read_json(folder / "scan_study.json").get("reach", {}).get("0.0")
+    first = RADIUS_LADDER[0]
+    if reach is None or first != FIRST_RADIUS["unlearn_eps"]:
+        return None
+    return first if SuspectScan(tuple(reach)).median_reach <= RADIUS_REACH_LIMIT else None
 
 
 def read_json(file: Path) -> dict[str, Any]:

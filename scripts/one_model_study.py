@@ -70,11 +70,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unlearn": {"second_end": "unlearn", "unlearn_suspect": False, "unlearn_eps": 3.0},
     "unlearn_suspect": {"second_end": "unlearn", "unlearn_suspect": True, "unlearn_eps": 3.0},
     "unlearn_suspect_r15": {"second_end": "unlearn", "unlearn_suspect": True, "unlearn_eps": 1.5},
+    "unlearn_suspect_auto": {"second_end": "unlearn", "unlearn_suspect": True, "unlearn_eps": "auto"},
     "superfinetune_lr0.02": {"second_end": "superfinetune", "superfinetune_lr": 0.02},
     "superfinetune_noaug": {"second_end": "superfinetune", "augment": False},
     "superfinetune+augpath": {"second_end": "superfinetune", "path_augment": True},
 }
-"""Recipe name -> ChainSettings of the one-model repair (unlearning names its radius: 3, the default, or 1.5)."""
+"""Recipe name -> ChainSettings of the one-model repair (unlearning names its radius: 3, 1.5, or 'auto')."""
 RECIPES = ("finetune", "superfinetune", "reinit_head", "fst", "scratch")
 """The recipes a plain run measures (augmenting the path hurt every path on digits: see docs/one_model.md)."""
 

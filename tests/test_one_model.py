@@ -8,6 +8,7 @@ reported metrics the 360 test digits. docs/one_model.md has the study behind the
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from mcrobust.nets.adapters import adapt_net
 from mcrobust.paths.selection import select_t
 from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
 from mcrobust.pipeline.inputs import as_module, as_split, inputs_fingerprint
+from mcrobust.pipeline.scan import RADIUS_LADDER, RADIUS_REACH_LIMIT, resolve_radius
 from mcrobust.pipeline.second_end import fresh_copy, second_end_system
 from mcrobust.threats.triggers import PatchTrigger
 from tests.user_models import SoftmaxNet, digits, train_backdoored, write_class_folder
@@ -175,6 +177,8 @@ def test_a_setting_the_recipe_never_read_does_not_block_a_resume(handed, tmp_pat
     unlearned.check_resumable("one")
     with pytest.raises(ConfigError, match="unlearn_eps=3.0, this one has 1.5"):
         chain_for(handed, tmp_path / "unlearn", unlearn_eps=1.5)[0].check_resumable("one")
+    with pytest.raises(ConfigError, match="unlearn_eps_final=None, this one has 1.5"):  # a schedule trains another end
+        chain_for(handed, tmp_path / "unlearn", unlearn_eps=3.0, unlearn_eps_final=1.5)[0].check_resumable("one")
 
 
 def test_fresh_copy_reinitialises_every_layer_and_the_batchnorm_statistics():
@@ -234,8 +238,13 @@ def test_the_suspect_scan_finds_the_backdoor_target_without_the_trigger(handed, 
 
 @pytest.mark.parametrize("setting", [{"unlearn_eps": 0.0}, {"unlearn_steps": 0}])
 def test_impossible_unlearning_settings_are_a_one_line_error(setting):
-    with pytest.raises(ConfigError, match="^unlearn_eps must be > 0 and unlearn_steps >= 1$"):
+    with pytest.raises(ConfigError, match=r"^unlearn_eps must be > 0 \(or 'auto'\) and unlearn_steps >= 1$"):
         ChainSettings(**setting)
+
+
+def test_an_impossible_final_radius_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="^unlearn_eps_final must be > 0 \\(or unset\\), got -1.0$"):
+        ChainSettings(unlearn_eps_final=-1.0)
 
 
 def test_a_suspect_scan_without_unlearning_is_refused_not_ignored():
@@ -247,3 +256,26 @@ def test_a_suspect_scan_without_unlearning_is_refused_not_ignored():
 def test_the_scan_rules_are_refused_with_two_models(selection):
     with pytest.raises(ConfigError, match=f"^selection '{selection}' scans the one given model; with a second model"):
         ChainSettings(selection=selection).resolve_selection(one_model=False)
+
+
+def test_auto_resolves_the_unlearning_radius_once_per_repair_folder(handed, tmp_path, monkeypatch):
+    chain, model = chain_for(handed, tmp_path, unlearn_eps="auto")
+    chain.datamodule.setup("fit")
+
+    radius = resolve_radius(chain, model)
+
+    saved = json.loads((chain.steps / "radius.json").read_text())
+    assert radius in RADIUS_LADDER and saved["radius"] == radius
+    tried = list(saved["median_reach"])  # the ladder from the top down to the first radius within the limit
+    assert tried == [f"{r:g}" for r in RADIUS_LADDER[: len(tried)]] and tried[-1] == f"{radius:g}"
+    assert all(median > RADIUS_REACH_LIMIT for median in list(saved["median_reach"].values())[:-1])
+    monkeypatch.setattr("mcrobust.pipeline.scan.calibrated_radius", lambda *args: pytest.fail("scanned again"))
+    assert resolve_radius(chain, model) == radius  # a resumed repair keeps its radius
+    fixed, _ = chain_for(handed, tmp_path / "fixed", unlearn_eps=2.5)
+    assert resolve_radius(fixed, model) == 2.5 and not (fixed.steps / "radius.json").exists()
+
+
+@pytest.mark.parametrize("radius", ["big", True, -1.0])
+def test_an_unlearning_radius_that_is_neither_positive_nor_auto_is_a_one_line_error(radius):
+    with pytest.raises(ConfigError, match=r"^unlearn_eps must be > 0 \(or 'auto'\) and unlearn_steps >= 1$"):
+        ChainSettings(unlearn_eps=radius)

@@ -59,11 +59,19 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--unlearn-eps",
-        type=float,
+        type=radius_value,
         default=None,
         help="L2 radius, in pixel units, of the universal perturbations unlearning trains against and the suspect "
-        "scan searches (default 3, chosen on 32x32 CIFAR-10: 1.5 kept more clean accuracy but missed a 4x4 "
-        "checkerboard; scale it with the square root of the pixel count; docs/results.md)",
+        "scan searches, or auto: the largest of 3, 2, 1.5, 1 at which the model's median class reach in that scan "
+        "is at most 0.6 (default 3, chosen on 32x32 CIFAR-10; scale a number with the square root of the pixel "
+        "count; docs/results.md)",
+    )
+    p.add_argument(
+        "--unlearn-eps-final",
+        type=float,
+        default=None,
+        help="shrink the unlearning radius linearly, epoch by epoch, from --unlearn-eps to this at the last epoch "
+        "(the scan keeps --unlearn-eps); default: no schedule",
     )
     p.add_argument(
         "--selection",
@@ -79,6 +87,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     p.add_argument("--out", required=True, help="output folder; a killed run resumes there")
     return p
+
+
+def radius_value(text: str) -> float | str:
+    """--unlearn-eps: a radius in pixel units, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +122,7 @@ def _run(args: argparse.Namespace) -> Any:
     net = build_net(args.net, args.net_args)
     # every other option is a keyword of mcrobust.repair (or of ChainSettings) under the same name
     options = {key: value for key, value in vars(args).items() if key not in ("model", "clean", "net", "net_args")}
-    for unset in ("second_end", "unlearn_suspect", "unlearn_eps"):
+    for unset in ("second_end", "unlearn_suspect", "unlearn_eps", "unlearn_eps_final"):
         if options.get(unset) is None:
             options.pop(unset, None)  # the chain's default
     return repair(args.model, args.clean, net=net, **options)

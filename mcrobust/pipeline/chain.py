@@ -51,6 +51,7 @@ RECIPE_ONLY = {
     "superfinetune_lr": ("superfinetune", "scratch"),
     "fst_alpha": ("fst",),
     "unlearn_eps": ("unlearn",),
+    "unlearn_eps_final": ("unlearn",),
     "unlearn_steps": ("unlearn",),
     "unlearn_suspect": ("unlearn",),
 }
@@ -94,7 +95,10 @@ class ChainSettings:
             suspect scan searches (3; on CIFAR-10 a 3x3 white patch changes an image by 2.4 on average, a 4x4
             checkerboard by 3.9). 1.5 kept 2-4 more points of clean accuracy on converged CIFAR-10 models, but kept
             the checkerboard backdoor on VGG (docs/results.md, 2026-12-07). Scale it with the square root of the
-            pixel count for images larger than 32x32.
+            pixel count for images larger than 32x32. 'auto': the largest of 3, 2, 1.5 and 1 at which the model's
+            median class reach in the suspect scan is at most 0.6 (`mcrobust.pipeline.scan.resolve_radius`).
+        unlearn_eps_final: the radius at the last epoch of 'unlearn', reached linearly from unlearn_eps (the scan
+            keeps unlearn_eps); None: unlearn_eps throughout.
         unlearn_steps: ascent steps of that perturbation per training step ('unlearn' costs 1 + this many times
             the gradient work of fine-tuning).
         unlearn_suspect: 'unlearn' also trains against the targeted universal perturbation toward the class it
@@ -130,7 +134,8 @@ class ChainSettings:
     augment: bool | None = None
     superfinetune_lr: float = 0.05
     fst_alpha: float = 0.2
-    unlearn_eps: float = 3.0
+    unlearn_eps: float | str = 3.0
+    unlearn_eps_final: float | None = None
     unlearn_steps: int = 5
     unlearn_suspect: bool | None = None
     path_augment: bool = False
@@ -149,8 +154,11 @@ class ChainSettings:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.superfinetune_lr <= 0 or self.fst_alpha < 0:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
-        if self.unlearn_eps <= 0 or self.unlearn_steps < 1:
-            raise ConfigError("unlearn_eps must be > 0 and unlearn_steps >= 1")
+        radius = self.unlearn_eps
+        if radius != "auto" and (isinstance(radius, (str, bool)) or radius <= 0) or self.unlearn_steps < 1:
+            raise ConfigError("unlearn_eps must be > 0 (or 'auto') and unlearn_steps >= 1")
+        if self.unlearn_eps_final is not None and self.unlearn_eps_final <= 0:
+            raise ConfigError(f"unlearn_eps_final must be > 0 (or unset), got {self.unlearn_eps_final}")
         if self.unlearn_suspect is None:  # on for the recipe it belongs to, off for the others
             self.unlearn_suspect = self.second_end == "unlearn"
         if self.unlearn_suspect and self.second_end != "unlearn":
@@ -343,7 +351,11 @@ class RepairChain:
 
     def point(self, system: CurveSystem, t: float) -> nn.Module:
         """The model at t with its BN statistics recomputed on the bonafide-train part."""
-        model = system.curve.materialize(t).cpu()
+        return self.with_bonafide_bn(system.curve.materialize(t))
+
+    def with_bonafide_bn(self, model: nn.Module) -> nn.Module:
+        """`model` on the CPU, in eval mode, its BN statistics recomputed on the bonafide-train part (in place)."""
+        model = model.cpu()
         recompute_bn(model, self.datamodule.bn_dataloader("bonafide"))
         return model.eval()
 

@@ -8,6 +8,8 @@ the holdout images come from it).
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,11 +43,12 @@ def scan_selection(chain: RepairChain, system: CurveSystem, evaluation: PathEval
     """
     x, y = scan_images(chain)
     settings = chain.settings
+    radius = float(settings.unlearn_eps)  # 'auto' was resolved before the second end (resolve_radius)
     scans: dict[float, SuspectScan] = {}
 
     def scanned(t: float) -> SuspectScan:
         if t not in scans:
-            scans[t] = scan_classes(chain.point(system, t), x, y, settings.unlearn_eps, settings.unlearn_steps)
+            scans[t] = scan_classes(chain.point(system, t), x, y, radius, settings.unlearn_steps)
         return scans[t]
 
     suspect = scanned(0.0).suspect
@@ -99,3 +102,45 @@ def scan_images(chain: RepairChain) -> tuple[torch.Tensor, torch.Tensor]:
         if total >= SCAN_IMAGES:
             break
     return torch.cat(images)[:SCAN_IMAGES], torch.cat(labels)[:SCAN_IMAGES]
+
+
+RADIUS_LADDER = (3.0, 2.0, 1.5, 1.0)
+"""The unlearning radii 'auto' tries, largest first (pixel units; the grid of docs/results.md measured 3, 2 and 1.5)."""
+RADIUS_REACH_LIMIT = 0.6
+"""'auto' takes the largest radius at which the model's median class reach is at most this (the smallest radius when
+none is). A model its universal perturbations move everywhere (a converged CIFAR-10 net at radius 3: median reach
+0.7-0.9) is unlearned and scanned at a smaller radius, where the suspect class can still stand out and unlearning
+costs less clean accuracy; the 48,000-image models of the grid (median 0.0-0.5 at radius 3) keep 3. Fitted on those
+cells, docs/results.md (2026-12-07)."""
+
+
+def resolve_radius(chain: RepairChain, model: torch.nn.Module) -> float:
+    """`settings.unlearn_eps`, with 'auto' resolved by :func:`calibrated_radius` on the holdout images and on `model`
+    with its BN statistics recomputed as at the path's t = 0; cached in `steps/radius.json` (a resumed repair keeps
+    its radius)."""
+    settings = chain.settings
+    if settings.unlearn_eps != "auto":
+        return float(settings.unlearn_eps)
+    record = chain.steps / "radius.json"
+    if record.is_file():
+        return float(json.loads(record.read_text())["radius"])
+    x, y = scan_images(chain)
+    as_at_t0 = chain.with_bonafide_bn(copy.deepcopy(model))  # as the path's t = 0 point, which the scan sees later
+    radius, medians = calibrated_radius(as_at_t0, x, y, settings.unlearn_steps)
+    write_json(record, {"radius": radius, "median_reach": medians, "limit": RADIUS_REACH_LIMIT})
+    tried = ", ".join(f"{median:.2f} at {r}" for r, median in medians.items())
+    print(f"unlearning radius {radius:g} ('auto': the model's median class reach {tried})")
+    return radius
+
+
+def calibrated_radius(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> tuple[float, dict[str, float]]:
+    """The largest radius of `RADIUS_LADDER` at which the median class reach of `model` on (x, y) is at most
+    `RADIUS_REACH_LIMIT` (else the smallest), and the median reach at every radius tried."""
+    medians: dict[str, float] = {}
+    for radius in RADIUS_LADDER:
+        medians[f"{radius:g}"] = scan_classes(model, x, y, radius, steps).median_reach
+        if medians[f"{radius:g}"] <= RADIUS_REACH_LIMIT:
+            return radius, medians
+    return RADIUS_LADDER[-1], medians

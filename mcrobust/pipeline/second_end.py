@@ -13,7 +13,8 @@ bonafide-train part, never the holdout):
   pushes the new head away from the tampered one, with a cosine schedule as in its code.
 - ``unlearn``: adversarial unlearning (after I-BAU, Zeng et al. 2022): fine-tuning at `finetune_lr` (cosine) on each
   batch and on the batch plus its universal perturbation (L2 radius `unlearn_eps`), with true labels; with
-  `unlearn_suspect`, also the targeted one toward the class it reaches most easily (Neural Cleanse, Wang et al. 2019).
+  `unlearn_suspect`, also the targeted one toward the class it reaches most easily (Neural Cleanse, Wang et al. 2019);
+  with `unlearn_eps_final`, the radius shrinks to it over the epochs.
 - ``scratch``: a net of the same architecture trained from a fresh initialisation with the ``superfinetune``
   optimizer, schedule and augmentation.
 """
@@ -75,7 +76,8 @@ def second_end_system(recipe: str, template: nn.Module, start: str, settings: An
             optimizer,
             cosine,
             init_weights=start,
-            eps=settings.unlearn_eps,
+            eps=float(settings.unlearn_eps),  # 'auto' is resolved before (mcrobust.pipeline.scan.resolve_radius)
+            eps_final=settings.unlearn_eps_final,
             steps=settings.unlearn_steps,
             suspect=settings.unlearn_suspect,
         )

@@ -6,7 +6,9 @@ untargeted universal perturbation, with their true labels; the perturbation is w
 so it tracks a weakness that holds across the data, as a trigger does. With `suspect`, Neural Cleanse's observation
 (Wang et al., S&P 2019) is added: a backdoor's target is the class a small targeted universal perturbation reaches
 most easily; that class is re-scanned (one targeted perturbation per class) at the start of every epoch, and the
-batch plus its targeted perturbation is trained on too.
+batch plus its targeted perturbation is trained on too. With `eps_final`, the radius shrinks linearly from `eps` at
+the first epoch to `eps_final` at the last: coarse to fine, the large radius to reach the trigger, the small one to give
+back the clean accuracy the large one costs on converged models (docs/results.md, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class UnlearningSystem(EndpointSystem):
         optimizer: optimizer factory.
         scheduler: learning-rate scheduler factory (None: constant).
         init_weights: the tampered weights fine-tuning starts from (required).
-        eps: L2 radius of the perturbations in pixel units.
+        eps: L2 radius of the perturbations in pixel units (at the first epoch, with `eps_final`).
+        eps_final: the radius at the last epoch, reached linearly epoch by epoch; None: `eps` throughout.
         steps: search steps per perturbation and training step (twice as many per class in the epoch's scan).
         suspect: also unlearn the targeted perturbation toward the suspect class (about twice the cost).
         normalize: input statistics a foreign net expects ("0.5,0.5", "imagenet", JSON); None: it takes pixels.
@@ -49,20 +52,35 @@ class UnlearningSystem(EndpointSystem):
         scheduler: LRSchedulerCallable | None = None,
         init_weights: str | None = None,
         eps: float = 3.0,
+        eps_final: float | None = None,
         steps: int = 5,
         suspect: bool = False,
         normalize: str | None = None,
         output: Literal["logits", "probabilities", "log_probabilities"] = "logits",
     ) -> None:
         super().__init__(net, optimizer, scheduler, init_weights, None, normalize, output)
-        if eps <= 0 or steps < 1:
-            raise ConfigError(f"unlearning needs unlearn_eps > 0 and unlearn_steps >= 1, got {eps} and {steps}")
+        if eps <= 0 or steps < 1 or (eps_final is not None and eps_final <= 0):
+            raise ConfigError(
+                f"unlearning needs unlearn_eps > 0 and unlearn_steps >= 1 (and unlearn_eps_final > 0 when set), got "
+                f"{eps}, {steps} and {eps_final}"
+            )
         self.eps, self.steps, self.use_suspect = eps, steps, suspect
+        self.eps_first, self.eps_final = eps, eps_final
+        self.radii: list[float] = []  # the radius of every epoch, first to last
         self.suspect = 0
         self.suspects: list[int] = []  # the suspect of every scan, first to last
         # warm starts, empty until the first batch gives their shapes; not in checkpoints (a resumed run re-scans)
         self.register_buffer("delta", torch.zeros(0), persistent=False)
         self.register_buffer("class_deltas", torch.zeros(0), persistent=False)
+
+    def on_train_epoch_start(self) -> None:
+        """Set this epoch's radius on the linear schedule from `eps` to `eps_final`."""
+        if self.eps_final is not None:
+            last = max((self.trainer.max_epochs or 1) - 1, 1)
+            progress = min(self.current_epoch / last, 1.0)
+            self.eps = self.eps_first + (self.eps_final - self.eps_first) * progress
+        self.radii.append(self.eps)
+        self.log("train/radius", self.eps, on_step=False, on_epoch=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]

@@ -29,7 +29,7 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
-    assert "unlearn_suspect" not in seen and "unlearn_eps" not in seen  # the chain's defaults decide
+    assert not {"unlearn_suspect", "unlearn_eps", "unlearn_eps_final"} & set(seen)  # the chain's defaults decide
     seen.clear()
     command._run(
         command.parser().parse_args(
@@ -49,6 +49,18 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
         )
     )
     assert seen["unlearn_eps"] == 0.75
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--unlearn-eps-final", "1.5"]
+        )
+    )
+    assert seen["unlearn_eps_final"] == 1.5
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--unlearn-eps", "auto"]
+        )
+    )
+    assert seen["unlearn_eps"] == "auto"
 
 
 def test_an_unknown_selection_is_one_line(capsys):
@@ -57,3 +69,11 @@ def test_an_unknown_selection_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--selection" in err and "far" in err
+
+
+def test_an_unlearning_radius_that_is_not_a_number_or_auto_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--unlearn-eps", "wide"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err.split("error:")[-1] and "--unlearn-eps" in err and "'auto'" in err

@@ -89,6 +89,8 @@ def test_every_recipe_maps_to_settings_repair_accepts():
     assert all("unlearn_eps" in settings for settings in unlearning)
     assert grid.FIRST_RADIUS["unlearn_eps"] == ChainSettings().unlearn_eps  # still the default
     assert grid.RECIPE_SETTINGS["unlearn_suspect_veto_r15"]["unlearn_eps"] == 1.5
+    schedule = grid.RECIPE_SETTINGS["unlearn_suspect_veto_s3to15"]
+    assert (schedule["unlearn_eps"], schedule["unlearn_eps_final"], schedule["selection"]) == (3.0, 1.5, "veto")
     assert set(grid.RECIPES) < set(grid.RECIPE_SETTINGS)
 
 
@@ -185,6 +187,7 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
         half = repair(HALF_RADIUS_PATH, 0.5)
         (tmp_path / cell / "repair_unlearn_suspect_veto_r15.json").write_text(json.dumps(half))
     (tmp_path / "b-conv" / "repair_unlearn_suspect_veto_r2.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.25)))
+    (tmp_path / "b-conv" / "repair_unlearn_suspect_veto_s3to15.json").write_text(json.dumps(repair(B_PATH, 0.25)))
     write_cell(tmp_path / "c-not-run", B_PATH)  # no smaller radius ran: not a row
 
     text = grid.radius_table(tmp_path)
@@ -197,3 +200,5 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
     assert "c-not-run" not in text
     assert "- radius 3: 1 of 2, 1 of 2" in text and "- radius 1.5: 2 of 2, 2 of 2" in text
     assert "- radius 2: 0 of 1, 0 of 1" in text
+    assert "| radius 3 to 1.5: end alone | radius 3 to 1.5: veto |" in text  # the schedule, named by its two radii
+    assert "- radius 3 to 1.5: 0 of 1, 0 of 1" in text

@@ -40,9 +40,22 @@ def test_a_fit_trains_against_bounded_universal_perturbations(suspect, tmp_path)
     assert any(not torch.equal(trained[k], v) for k, v in torch.load(start).items())
 
 
-def test_impossible_settings_are_refused():
+def test_the_radius_shrinks_linearly_to_eps_final_and_bounds_every_epoch(tmp_path):
+    torch.manual_seed(0)
+    system = UnlearningSystem(TinyNet(width=8), partial(torch.optim.SGD, lr=0.05), eps=3.0, eps_final=1.5, steps=2)
+    trainer = quiet_trainer(tmp_path, max_epochs=4, limit_train_batches=1, limit_val_batches=0, num_sanity_val_steps=0)
+    data = RobustDataModule(batch_size=32, train_on="bonafide", bonafide=BonafideSettings(size=64))
+
+    trainer.fit(system, data)
+
+    assert system.radii == pytest.approx([3.0, 2.5, 2.0, 1.5])
+    assert 0 < float(system.delta.norm()) <= 1.5 + 1e-5  # the last epoch's perturbation is inside the last radius
+
+
+@pytest.mark.parametrize("settings", [{"eps": 1.0, "steps": 0}, {"eps": 1.0, "steps": 1, "eps_final": 0.0}])
+def test_impossible_settings_are_refused(settings):
     with pytest.raises(ConfigError, match="unlearn_eps > 0 and unlearn_steps >= 1"):
-        UnlearningSystem(TinyNet(width=8), eps=1.0, steps=0)
+        UnlearningSystem(TinyNet(width=8), **settings)
 
 
 def test_the_first_scan_leaves_a_batchnorm1d_head_alone():
