@@ -259,8 +259,7 @@ def test_the_scan_rules_are_refused_with_two_models(selection):
 
 
 def test_auto_resolves_the_unlearning_radius_once_per_repair_folder(handed, tmp_path, monkeypatch):
-    chain, model = chain_for(handed, tmp_path, unlearn_eps="auto")
-    chain.datamodule.setup("fit")
+    chain, model = chain_for(handed, tmp_path, unlearn_eps="auto")  # before any stage: its data is not set up
 
     radius = resolve_radius(chain, model)
 

@@ -95,6 +95,7 @@ def scan_images(chain: RepairChain) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to SCAN_IMAGES clean holdout images and labels, in the model's pixel space."""
     images, labels, total = [], [], 0
     data = chain.datamodule
+    data.setup("fit")  # idempotent; before the first stage ('auto' radius) Lightning has not set it up yet
     for batch in data.eval_dataloader(data.bonafide_dataset("holdout")):
         images.append(batch[0])
         labels.append(batch[1])
