@@ -588,7 +588,7 @@ def study_table(out: Path) -> str:
             t, warned = choices[rule]
             chosen = point(rows, t)
             removed[rule] += chosen["asr"] <= 0.10
-            met[rule] += chosen["asr"] <= 0.10 and model["clean_acc"] - chosen["clean_acc"] <= 0.03
+            met[rule] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
             text = f"{chosen['clean_acc']:.3f} / {chosen['asr']:.3f} (t={t:.2f}{', warned' if warned else ''})"
             cells.append(bold(text, rule == STUDY_DEFAULT))
         own = point(rows, repair["t"])
@@ -633,7 +633,7 @@ def radius_table(out: Path) -> str:
             if finetune["asr"] > 0.5:
                 counted[tag] += 1
                 removed[tag] += chosen["asr"] <= 0.10
-                met[tag] += chosen["asr"] <= 0.10 and model["clean_acc"] - chosen["clean_acc"] <= 0.03
+                met[tag] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
             cells += [
                 f"{end['clean_acc']:.3f} / {end['asr']:.3f}",
                 f"{chosen['clean_acc']:.3f} / {chosen['asr']:.3f} (t={t:.2f})",
@@ -677,6 +677,12 @@ def auto_radius(folder: Path) -> float | None:
     if reach is None or first != FIRST_RADIUS["unlearn_eps"]:
         return None
     return first if SuspectScan(tuple(reach)).median_reach <= RADIUS_REACH_LIMIT else None
+
+
+def within_3_points(model: float, repaired: float) -> bool:
+    """Issue 14's clean-accuracy bar: at most 3 points under the model, counted in whole images (60 of the 2,000
+    evaluation images is on the bar, though 0.725 - 0.695 is a hair over 0.03 in floating point)."""
+    return round(model - repaired, 6) <= 0.03
 
 
 def read_json(file: Path) -> dict[str, Any]:
@@ -781,7 +787,7 @@ def table(out: Path) -> str:
         if not measured:
             continue
         removed = [r for r in measured if r[key][1] <= 0.10]
-        met = [r for r in removed if r["model"][0] - r[key][0] <= 0.03]
+        met = [r for r in removed if within_3_points(r["model"][0], r[key][0])]
         lines.append(
             f"- {name}: ASR <= 0.10 on {len(removed)} of {len(measured)}, and with clean accuracy within 3 points "
             f"of the model on {len(met)}."

@@ -88,6 +88,12 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     assert result.record["settings"]["second_end"] == ChainSettings().second_end != "finetune"
     assert result.record["settings"]["selection"] == "veto"  # 'auto' with one model
     assert result.record["settings"]["unlearn_suspect"] is True
+    # the radius 'auto': this model's perturbations of radius 3 reach the median class from 70% of the images, so 2
+    radius = json.loads((handed["root"] / "repaired" / "steps" / "radius.json").read_text())
+    assert result.record["settings"]["unlearn_eps"] == radius["radius"] == 2.0 and list(radius["median_reach"]) == [
+        "3",
+        "2",
+    ]
     metrics = result.record["metrics"]
     rows = {row["t"]: row for row in result.table}
     assert rows[0.0]["scan_suspect"] == TRIGGER["target"]  # the scan finds the target from clean images only
@@ -145,8 +151,6 @@ def test_the_default_rule_is_the_veto_with_one_model_and_the_papers_middle_with_
 
 
 def test_a_folder_from_before_the_suspect_setting_resumes_as_plain_unlearning(handed, tmp_path):
-    import json
-
     chain, _ = chain_for(handed, tmp_path, unlearn_suspect=False)
     chain.check_resumable("one")
     record = tmp_path / "steps" / "chain_settings.json"
@@ -157,6 +161,18 @@ def test_a_folder_from_before_the_suspect_setting_resumes_as_plain_unlearning(ha
     default, _ = chain_for(handed, tmp_path)  # the suspect class is on by default now: it must not reuse that end
     with pytest.raises(ConfigError, match="unlearn_suspect=False, this one has True"):
         default.check_resumable("one")
+
+
+def test_a_folder_from_before_the_radius_setting_resumes_at_radius_3(handed, tmp_path):
+    chain, _ = chain_for(handed, tmp_path, unlearn_eps=3.0)
+    chain.check_resumable("one")
+    record = tmp_path / "steps" / "chain_settings.json"
+    saved = json.loads(record.read_text())
+    del saved["unlearn_eps"]  # written before the setting existed: unlearned at radius 3, the only radius then
+    record.write_text(json.dumps(saved))
+    chain.check_resumable("one")
+    with pytest.raises(ConfigError, match="unlearn_eps=3.0, this one has 'auto'"):  # the default now
+        chain_for(handed, tmp_path)[0].check_resumable("one")
 
 
 def test_resuming_with_another_recipe_is_refused(handed, tmp_path):
@@ -228,7 +244,7 @@ def test_the_suspect_scan_finds_the_backdoor_target_without_the_trigger(handed, 
     """unlearn_suspect: the class a small targeted universal perturbation reaches most easily is the backdoor's
     target (1), found from clean images only; the end trained against it loses the backdoor. (Later scans may
     suspect other classes: once unlearned, the target is no longer the easiest.)"""
-    chain, model = chain_for(handed, tmp_path, second_end="unlearn", unlearn_suspect=True, epochs=4)
+    chain, model = chain_for(handed, tmp_path, second_end="unlearn", unlearn_suspect=True, epochs=4, unlearn_eps=3.0)
     system = second_end_system("unlearn", chain.template, str(chain.save_endpoint("model", model)), chain.settings)
     chain.fit(system, "unlearn")
     assert system.suspects[0] == TRIGGER["target"]  # the first scan, before any unlearning
@@ -240,6 +256,12 @@ def test_the_suspect_scan_finds_the_backdoor_target_without_the_trigger(handed, 
 def test_impossible_unlearning_settings_are_a_one_line_error(setting):
     with pytest.raises(ConfigError, match=r"^unlearn_eps must be > 0 \(or 'auto'\) and unlearn_steps >= 1$"):
         ChainSettings(**setting)
+
+
+def test_an_unlearned_end_on_its_own_needs_a_number_for_the_radius(handed, tmp_path):
+    chain, model = chain_for(handed, tmp_path)  # 'auto' is resolved by mcrobust.repair, not here
+    with pytest.raises(ConfigError, match="^unlearn_eps 'auto' is resolved on the model by mcrobust.repair"):
+        second_end_system("unlearn", chain.template, str(chain.save_endpoint("model", model)), chain.settings)
 
 
 def test_an_impossible_final_radius_is_a_one_line_error():

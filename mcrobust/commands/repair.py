@@ -62,9 +62,9 @@ def parser() -> argparse.ArgumentParser:
         type=radius_value,
         default=None,
         help="L2 radius, in pixel units, of the universal perturbations unlearning trains against and the suspect "
-        "scan searches, or auto: the largest of 3, 2, 1.5, 1 at which the model's median class reach in that scan "
-        "is at most 0.6 (default 3, chosen on 32x32 CIFAR-10; scale a number with the square root of the pixel "
-        "count; docs/results.md)",
+        "scan searches, or auto (default): the largest of 3, 2, 1.5, 1 (times the root of the pixel count over "
+        "32x32) at which the model's median class reach in that scan is at most 0.6; a number fixes it (scale it "
+        "with the square root of the pixel count; docs/results.md)",
     )
     p.add_argument(
         "--unlearn-eps-final",

@@ -58,8 +58,9 @@ RECIPE_ONLY = {
 """Settings that shape the trained second end of these recipes only (the scan reads unlearn_eps and unlearn_steps
 too, but trains nothing): a repair of another recipe resumes whatever their values, or their defaults, became."""
 
-BEFORE_IT_EXISTED = {"unlearn_suspect": False}
-"""What a repair folder written before a setting existed was trained with, where that differs from its default."""
+BEFORE_IT_EXISTED = {"unlearn_suspect": False, "unlearn_eps": 3.0}
+"""What a repair folder written before a setting existed was trained with, where that differs from its default
+(unlearn_eps: the radius of every unlearning before 'auto' became the default)."""
 
 
 @dataclass
@@ -92,11 +93,13 @@ class ChainSettings:
         superfinetune_lr: peak learning rate of the one-cycle schedule of 'superfinetune' and 'scratch'.
         fst_alpha: weight of FST's penalty alpha <W, W_0> between the new and the tampered head (Min et al.: 0.2).
         unlearn_eps: L2 radius, in pixel units, of the universal perturbations 'unlearn' trains against and the
-            suspect scan searches (3; on CIFAR-10 a 3x3 white patch changes an image by 2.4 on average, a 4x4
-            checkerboard by 3.9). 1.5 kept 2-4 more points of clean accuracy on converged CIFAR-10 models, but kept
-            the checkerboard backdoor on VGG (docs/results.md, 2026-12-07). Scale it with the square root of the
-            pixel count for images larger than 32x32. 'auto': the largest of 3, 2, 1.5 and 1 at which the model's
-            median class reach in the suspect scan is at most 0.6 (`mcrobust.pipeline.scan.resolve_radius`).
+            suspect scan searches (on CIFAR-10 a 3x3 white patch changes an image by 2.4 on average, a 4x4
+            checkerboard by 3.9), or 'auto' (the default): the largest of 3, 2, 1.5 and 1 (times the square root of
+            the pixel count over 32x32) at which the model's median class reach in the suspect scan is at most 0.6
+            (`mcrobust.pipeline.scan.resolve_radius`). On the CIFAR-10 grid 'auto' kept 3 on the models trained on
+            48,000 images and took 2 on the converged ones, where 3 cost 4-5 points or kept a checkerboard backdoor
+            unwarned and 1.5 kept it on the undertrained VGGs (docs/results.md, 2026-12-07). A number fixes the
+            radius; scale it with the square root of the pixel count for images larger than 32x32.
         unlearn_eps_final: the radius at the last epoch of 'unlearn', reached linearly from unlearn_eps (the scan
             keeps unlearn_eps); None: unlearn_eps throughout.
         unlearn_steps: ascent steps of that perturbation per training step ('unlearn' costs 1 + this many times
@@ -134,7 +137,7 @@ class ChainSettings:
     augment: bool | None = None
     superfinetune_lr: float = 0.05
     fst_alpha: float = 0.2
-    unlearn_eps: float | str = 3.0
+    unlearn_eps: float | str = "auto"
     unlearn_eps_final: float | None = None
     unlearn_steps: int = 5
     unlearn_suspect: bool | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -106,12 +107,13 @@ def scan_images(chain: RepairChain) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 RADIUS_LADDER = (3.0, 2.0, 1.5, 1.0)
-"""The unlearning radii 'auto' tries, largest first (pixel units; the grid of docs/results.md measured 3, 2 and 1.5)."""
+"""The unlearning radii 'auto' tries on 32x32 images, largest first (pixel units; the CIFAR-10 grid of docs/results.md
+measured 3, 2 and 1.5); scaled with the square root of the pixel count for other sizes."""
 RADIUS_REACH_LIMIT = 0.6
 """'auto' takes the largest radius at which the model's median class reach is at most this (the smallest radius when
-none is). A model its universal perturbations move everywhere (a converged CIFAR-10 net at radius 3: median reach
-0.7-0.9) is unlearned and scanned at a smaller radius, where the suspect class can still stand out and unlearning
-costs less clean accuracy; the 48,000-image models of the grid (median 0.0-0.5 at radius 3) keep 3. Fitted on those
+none is). A model that its universal perturbations move everywhere (converged CIFAR-10 nets at radius 3: median reach
+0.66-0.86) is unlearned and scanned at a smaller radius, where unlearning costs less clean accuracy and the suspect
+class can still stand out; the 48,000-image models of the grid (0.01-0.46 at radius 3) keep 3. Fitted on those 12
 cells, docs/results.md (2026-12-07)."""
 
 
@@ -137,11 +139,12 @@ def resolve_radius(chain: RepairChain, model: torch.nn.Module) -> float:
 def calibrated_radius(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
 ) -> tuple[float, dict[str, float]]:
-    """The largest radius of `RADIUS_LADDER` at which the median class reach of `model` on (x, y) is at most
-    `RADIUS_REACH_LIMIT` (else the smallest), and the median reach at every radius tried."""
+    """The largest radius of `RADIUS_LADDER` (scaled to the images' size) at which the median class reach of `model`
+    on (x, y) is at most `RADIUS_REACH_LIMIT` (else the smallest), and the median reach at every radius tried."""
+    scale = math.sqrt(x.shape[-2] * x.shape[-1] / 32**2)  # an L2 radius grows with the root of the pixel count
     medians: dict[str, float] = {}
-    for radius in RADIUS_LADDER:
+    for radius in (round(r * scale, 4) for r in RADIUS_LADDER):
         medians[f"{radius:g}"] = scan_classes(model, x, y, radius, steps).median_reach
         if medians[f"{radius:g}"] <= RADIUS_REACH_LIMIT:
-            return radius, medians
-    return RADIUS_LADDER[-1], medians
+            break
+    return radius, medians

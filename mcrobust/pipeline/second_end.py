@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mcrobust.errors import ConfigError
 from mcrobust.systems import EndpointSystem
 from mcrobust.systems.feature_shift import FeatureShiftSystem
 from mcrobust.systems.unlearning import UnlearningSystem
@@ -71,12 +72,17 @@ def second_end_system(recipe: str, template: nn.Module, start: str, settings: An
     cosine = partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max(settings.epochs, 1))
     optimizer = partial(sgd, lr=settings.finetune_lr)
     if recipe == "unlearn":
+        if settings.unlearn_eps == "auto":
+            raise ConfigError(
+                "unlearn_eps 'auto' is resolved on the model by mcrobust.repair (pipeline.scan.resolve_radius); "
+                "give a number to train an unlearned end on its own"
+            )
         return UnlearningSystem(
             net,
             optimizer,
             cosine,
             init_weights=start,
-            eps=float(settings.unlearn_eps),  # 'auto' is resolved before (mcrobust.pipeline.scan.resolve_radius)
+            eps=settings.unlearn_eps,
             eps_final=settings.unlearn_eps_final,
             steps=settings.unlearn_steps,
             suspect=settings.unlearn_suspect,

@@ -87,7 +87,8 @@ def test_every_recipe_maps_to_settings_repair_accepts():
     # every unlearning recipe names its radius: the folders of the first radius stay the same recipe
     unlearning = [settings for settings in grid.RECIPE_SETTINGS.values() if settings["second_end"] == "unlearn"]
     assert all("unlearn_eps" in settings for settings in unlearning)
-    assert grid.FIRST_RADIUS["unlearn_eps"] == ChainSettings().unlearn_eps  # still the default
+    assert grid.FIRST_RADIUS["unlearn_eps"] == grid.RADIUS_LADDER[0]  # where 'auto' starts
+    assert ChainSettings().unlearn_eps == "auto" == grid.RECIPE_SETTINGS["unlearn_suspect_veto_auto"]["unlearn_eps"]
     assert grid.RECIPE_SETTINGS["unlearn_suspect_veto_r15"]["unlearn_eps"] == 1.5
     schedule = grid.RECIPE_SETTINGS["unlearn_suspect_veto_s3to15"]
     assert (schedule["unlearn_eps"], schedule["unlearn_eps_final"], schedule["selection"]) == (3.0, 1.5, "veto")
