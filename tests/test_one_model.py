@@ -99,7 +99,8 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     assert rows[0.0]["scan_suspect"] == TRIGGER["target"]  # the scan finds the target from clean images only
     assert "scan_suspect" not in rows[1.0]  # only the model and the points the holdout accepts are scanned
     # the veto starts at the paper's middle point and may only move away from the model; the path is clean from
-    # t = 0.1 here, so the middle point passes: 0.925 / 0.006 against the model's 0.961 / 1.000 (docs/results.md)
+    # t = 0.1 here, so the middle point passes: 0.928 / 0.006 at radius 2 (0.925 / 0.006 at radius 3) against the
+    # model's 0.961 / 1.000 (docs/results.md)
     middle = select_t(result.table, tolerance=None, count=30).t  # the paper's rule on the 30 holdout digits
     assert result.t == middle and "from t = " in result.summary["rule"]
     assert metrics["asr"] <= 0.10 and metrics["clean_acc"] >= tampered["clean_acc"] - 0.05
@@ -113,7 +114,7 @@ def test_default_recipe_removes_a_backdoor_that_fine_tuning_keeps(handed):
     assert metrics["clean_acc"] > end["clean_acc"]  # the path beats its own purified end on clean accuracy
 
     # 'scan' on the same trained path (resumed, nothing retrained) may move toward the model: here it clears t = 0.1
-    # (0.947 / 0.031), 2 points cleaner; on held-out CIFAR-10 checkerboard cells the same move kept ASR 0.66-0.72
+    # (0.950 / 0.028), 2 points cleaner; on held-out CIFAR-10 checkerboard cells the same move kept ASR 0.66-0.72
     scanned = repair_handed(handed, selection="scan")
     assert 0 < scanned.t < result.t and "closest to the model that the suspect scan clears" in scanned.summary["rule"]
     assert scanned.record["metrics"]["asr"] <= 0.10 and not scanned.warnings
