@@ -618,7 +618,7 @@ def radius_table(out: Path) -> str:
             continue
         model = json.loads((folder / "tampered.json").read_text())
         finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
-        picks = {"r3": first_radius_veto(folder)}
+        picks = {"r3": first} if (first := first_radius_veto(folder)) else {}
         picks |= {tag: (run["t"], run["rows"]) for tag, file in files.items() if (run := read_json(file))}
         same = RADIUS_TAGS.get(auto_radius(folder))
         if "auto" not in picks and same in picks:
@@ -690,9 +690,11 @@ def read_json(file: Path) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
-def first_radius_veto(folder: Path) -> tuple[float, list[dict[str, Any]]]:
+def first_radius_veto(folder: Path) -> tuple[float, list[dict[str, Any]]] | None:
     """The veto's t at radius 3 and the path's rows: the real veto repair where it ran, else the veto replayed on the
-    'scan' repair's path from the cell's scan study."""
+    'scan' repair's path from the cell's scan study; None where neither ran (a cell that ran other radii only)."""
+    if not any((folder / f"repair_unlearn_suspect_{selection}.json").is_file() for selection in REAL_REPAIRS):
+        return None
     selection, repair = real_repair(folder)
     if selection == "veto":
         return repair["t"], repair["rows"]

@@ -190,6 +190,8 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
     (tmp_path / "b-conv" / "repair_unlearn_suspect_veto_r2.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.25)))
     (tmp_path / "b-conv" / "repair_unlearn_suspect_veto_s3to15.json").write_text(json.dumps(repair(B_PATH, 0.25)))
     write_cell(tmp_path / "c-not-run", B_PATH)  # no smaller radius ran: not a row
+    write_cell(tmp_path / "d-auto-only", B_PATH)  # only 'auto' ran: no radius-3 repair to show
+    (tmp_path / "d-auto-only" / "repair_unlearn_suspect_veto_auto.json").write_text(json.dumps(repair(B_PATH, 0.5)))
 
     text = grid.radius_table(tmp_path)
 
@@ -203,3 +205,4 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
     assert "- radius 2: 0 of 1, 0 of 1" in text
     assert "| radius 3 to 1.5: end alone | radius 3 to 1.5: veto |" in text  # the schedule, named by its two radii
     assert "- radius 3 to 1.5: 0 of 1, 0 of 1" in text
+    assert "| d-auto-only | 0.500 / 0.950 | 0.500 / 0.950 | - | - |" in text and "- radius 3: 1 of 2," in text
