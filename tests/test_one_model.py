@@ -297,7 +297,7 @@ def test_auto_resolves_the_unlearning_radius_once_per_repair_folder(handed, tmp_
     assert resolve_radius(fixed, model) == 2.5 and not (fixed.steps / "radius.json").exists()
 
 
-@pytest.mark.parametrize("radius", ["big", True, -1.0])
+@pytest.mark.parametrize("radius", ["big", True, -1.0, float("nan"), float("inf")])
 def test_an_unlearning_radius_that_is_neither_positive_nor_auto_is_a_one_line_error(radius):
     with pytest.raises(ConfigError, match=r"^unlearn_eps must be > 0 \(or 'auto'\) and unlearn_steps >= 1$"):
         ChainSettings(unlearn_eps=radius)

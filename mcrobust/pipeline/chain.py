@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,9 +159,10 @@ class ChainSettings:
         if self.superfinetune_lr <= 0 or self.fst_alpha < 0:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
         radius = self.unlearn_eps
-        if radius != "auto" and (isinstance(radius, (str, bool)) or radius <= 0) or self.unlearn_steps < 1:
+        finite_radius = not isinstance(radius, (str, bool)) and 0 < radius < math.inf  # nan fails both comparisons
+        if (radius != "auto" and not finite_radius) or self.unlearn_steps < 1:
             raise ConfigError("unlearn_eps must be > 0 (or 'auto') and unlearn_steps >= 1")
-        if self.unlearn_eps_final is not None and self.unlearn_eps_final <= 0:
+        if self.unlearn_eps_final is not None and not 0 < self.unlearn_eps_final < math.inf:
             raise ConfigError(f"unlearn_eps_final must be > 0 (or unset), got {self.unlearn_eps_final}")
         if self.unlearn_suspect is None:  # on for the recipe it belongs to, off for the others
             self.unlearn_suspect = self.second_end == "unlearn"
