@@ -183,18 +183,13 @@ def repair(
         seed: seed of the split, training and evaluation.
         out: output folder (default: a new temporary folder); a killed run resumes there.
         image_size: resize folder images to this square size.
-        **settings: any field of `mcrobust.pipeline.chain.ChainSettings` (second_end, selection, epoch_samples,
+        **settings: any field of `mcrobust.pipeline.settings.ChainSettings` (second_end, selection, epoch_samples,
             batch_size, num_points, ...).
     """
     from mcrobust.analysis.distance import distance_signals
-    from mcrobust.pipeline.chain import (
-        SCANNED,
-        ChainSettings,
-        RepairChain,
-        muted_start_up_notes,
-        repair_data,
-    )
+    from mcrobust.pipeline.chain import RepairChain, muted_start_up_notes, repair_data
     from mcrobust.pipeline.scan import resolve_radius, scan_selection
+    from mcrobust.pipeline.settings import SCANNED, ChainSettings
 
     with muted_start_up_notes():  # Lightning's start-up notes, restored afterwards
         if epochs is not None:

@@ -280,8 +280,9 @@ def second_end_alone(
     recipe: str, net: torch.nn.Module, clean: Any, settings: dict[str, Any], folder: Path, evaluate: Any
 ) -> dict[str, Any]:
     """The second end of a one-model repair trained by `recipe` on its own (no path), evaluated."""
-    from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+    from mcrobust.pipeline.chain import RepairChain, repair_data
     from mcrobust.pipeline.inputs import as_split
+    from mcrobust.pipeline.settings import ChainSettings
 
     chain_settings = ChainSettings(second_end=recipe, **settings)
     data = repair_data(as_split(clean, "clean"), None, chain_settings)
@@ -381,9 +382,10 @@ def scan_study(net: torch.nn.Module, clean: Any, settings: dict[str, Any], folde
     import copy
 
     from mcrobust.analysis.suspect import scan_classes
-    from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+    from mcrobust.pipeline.chain import RepairChain, repair_data
     from mcrobust.pipeline.inputs import as_split
     from mcrobust.pipeline.scan import scan_images
+    from mcrobust.pipeline.settings import ChainSettings
 
     chain_settings = ChainSettings(**RECIPE_SETTINGS["unlearn_suspect"], **settings)
     data = repair_data(as_split(clean, "clean"), None, chain_settings)

@@ -67,8 +67,9 @@ def fine_pruning_alone(
     net: torch.nn.Module, clean: Any, settings: dict[str, Any], folder: Path, evaluate: Any
 ) -> dict[str, Any]:
     """Fine-pruning on the repair's bonafide-train part with the repair's budget and fine-tuning optimizer."""
-    from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+    from mcrobust.pipeline.chain import RepairChain, repair_data
     from mcrobust.pipeline.inputs import as_split
+    from mcrobust.pipeline.settings import ChainSettings
     from mcrobust.systems.fine_pruning import FinePruningSystem
     from mcrobust.utils.schedules import PaperSchedule
 

@@ -115,7 +115,7 @@ def point_signals(folder: Path, clean: tuple[torch.Tensor, torch.Tensor], settin
 def one_repair(model: Tampered, path: Path, variant: str, clean: Any, evaluation: Any, out: Path) -> dict[str, Any]:
     """Repair `path` with one recipe; the path table, the signals of every t, and the seconds it took."""
     import mcrobust
-    from mcrobust.pipeline.chain import ChainSettings
+    from mcrobust.pipeline.settings import ChainSettings
 
     folder = out / model.name / variant
     chain = {**BUDGET, **VARIANTS[variant]}

@@ -192,7 +192,7 @@ def models_table(study: dict[str, Any]) -> str:
 def write_tables(study: dict[str, Any], path: Path) -> str:
     """All tables of the study as Markdown, written to `path` (and returned)."""
     from mcrobust.api import NEAR_TAMPERED, near_tampered
-    from mcrobust.pipeline.chain import ChainSettings
+    from mcrobust.pipeline.settings import ChainSettings
 
     settings = ChainSettings()
     settings.resolve_selection(one_model=True)

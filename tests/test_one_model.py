@@ -20,10 +20,11 @@ from mcrobust.api import near_tampered
 from mcrobust.errors import ConfigError
 from mcrobust.nets.adapters import adapt_net
 from mcrobust.paths.selection import select_t
-from mcrobust.pipeline.chain import ChainSettings, RepairChain, repair_data
+from mcrobust.pipeline.chain import RepairChain, repair_data
 from mcrobust.pipeline.inputs import as_module, as_split, inputs_fingerprint
 from mcrobust.pipeline.scan import RADIUS_LADDER, RADIUS_REACH_LIMIT, resolve_radius
 from mcrobust.pipeline.second_end import fresh_copy, second_end_system
+from mcrobust.pipeline.settings import ChainSettings
 from mcrobust.threats.triggers import PatchTrigger
 from tests.user_models import SoftmaxNet, digits, train_backdoored, write_class_folder
 

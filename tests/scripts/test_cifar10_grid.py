@@ -73,7 +73,7 @@ def bar(name: str, removed: int, met: int) -> str:
 
 
 def test_every_recipe_maps_to_settings_repair_accepts():
-    from mcrobust.pipeline.chain import ChainSettings
+    from mcrobust.pipeline.settings import ChainSettings
 
     for settings in grid.RECIPE_SETTINGS.values():
         ChainSettings(**settings)  # __post_init__ refuses an unknown second end or a bad combination
