@@ -48,8 +48,12 @@ SIZES = (2500, 500, 50)
 
 PRUNE_RATIO = 0.5
 BASELINES = ("finetune_a", "finetune_b", "fineprune_a", "scratch")
-STEPS = ("path", *BASELINES)
-"""What runs at every N; `--steps` may run fewer (e.g. a longer budget for the path and one fine-tuned end)."""
+PURIFICATIONS = ("superfinetune_a", "fst_a")
+"""The two published fine-tuning-based purifications on model A (Sha et al. 2022, Min et al. 2023): issue 14 asks the
+path to beat the best of them too, not only the paper's fine-tuning."""
+STEPS = ("path", *BASELINES, "path_aug", *PURIFICATIONS)
+"""What runs at every N (`path_aug`: the same path trained on crop+flip augmented images); `--steps` may run fewer
+(e.g. a longer budget for the path and one fine-tuned end)."""
 
 
 def bonafide_of_size(test: Any, size: int) -> np.ndarray:
@@ -165,13 +169,16 @@ def run_size(
     (only those named in `steps`)."""
     a, b = models
 
-    def path() -> dict[str, Any]:
-        kept = {"trigger": trigger, "target": grid.TARGET, "eval": eval_set, "out": step / "path"}
-        return grid.repair_record(mcrobust.repair(a, clean, second=b, **kept, **settings))
+    def path(name: str, **extra: Any) -> dict[str, Any]:
+        kept = {"trigger": trigger, "target": grid.TARGET, "eval": eval_set, "out": step / name}
+        return grid.repair_record(mcrobust.repair(a, clean, second=b, **kept, **settings, **extra))
 
     single = {key: value for key, value in settings.items() if key != "num_points"}
     runs = {
-        "path": path,
+        "path": partial(path, "path"),
+        "path_aug": partial(path, "path_aug", path_augment=True),
+        "superfinetune_a": partial(grid.second_end_alone, "superfinetune", a, clean, single, step / "sft_a", evaluate),
+        "fst_a": partial(grid.second_end_alone, "fst", a, clean, single, step / "fst_a", evaluate),
         "finetune_a": partial(grid.second_end_alone, "finetune", a, clean, single, step / "finetune_a", evaluate),
         "finetune_b": partial(grid.second_end_alone, "finetune", b, clean, single, step / "finetune_b", evaluate),
         "fineprune_a": partial(fine_pruning_alone, a, clean, single, step / "fineprune", evaluate),
@@ -179,20 +186,20 @@ def run_size(
     }
     for name in STEPS:  # the path first, then the baselines
         if name in steps:
-            file = path_file(settings["num_points"]) if name == "path" else f"{name}.json"
+            file = path_file(settings["num_points"], name) if name.startswith("path") else f"{name}.json"
             grid.timed(step / file, runs[name])
 
 
-def path_file(num_points: int) -> str:
-    """The path's result at the grid's 5 points is `path.json`; a re-evaluation of the same trained path at more
-    points (`--num-points`, the path is resumed, not retrained) is `path_p<points>.json`."""
-    return "path.json" if num_points == grid.Budget.num_points else f"path_p{num_points}.json"
+def path_file(num_points: int, name: str = "path") -> str:
+    """The path's result at the grid's 5 points is `path.json` (`path_aug.json`); a re-evaluation of the same trained
+    path at more points (`--num-points`, the path is resumed, not retrained) is `path_p<points>.json`."""
+    return f"{name}.json" if num_points == grid.Budget.num_points else f"{name}_p{num_points}.json"
 
 
-def finest_path(step: Path) -> Path:
-    """The path's result evaluated at the most points."""
-    refined = sorted(step.glob("path_p*.json"), key=lambda file: int(file.stem.removeprefix("path_p")))
-    return refined[-1] if refined else step / "path.json"
+def finest_path(step: Path, name: str = "path") -> Path:
+    """The path's result (`name`: 'path' or 'path_aug') evaluated at the most points."""
+    refined = sorted(step.glob(f"{name}_p*.json"), key=lambda file: int(file.stem.removeprefix(f"{name}_p")))
+    return refined[-1] if refined else step / f"{name}.json"
 
 
 def interval(fraction: float, n: int) -> str:
