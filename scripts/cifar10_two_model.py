@@ -51,9 +51,18 @@ BASELINES = ("finetune_a", "finetune_b", "fineprune_a", "scratch")
 PURIFICATIONS = ("superfinetune_a", "fst_a")
 """The two published fine-tuning-based purifications on model A (Sha et al. 2022, Min et al. 2023): issue 14 asks the
 path to beat the best of them too, not only the paper's fine-tuning."""
-STEPS = ("path", *BASELINES, "path_aug", *PURIFICATIONS)
-"""What runs at every N (`path_aug`: the same path trained on crop+flip augmented images); `--steps` may run fewer
-(e.g. a longer budget for the path and one fine-tuned end)."""
+DISTILL = 1.0
+"""Weight of the distillation term of `path_kd` (`ChainSettings.path_distill`)."""
+PATHS = {
+    "path": "path",
+    "path_aug": "path, crop+flip",
+    "path_kd": "path, distilled",
+    "path_kd_aug": "path, distilled, crop+flip",
+}
+"""The path as the paper trains it, on crop+flip augmented images, with distillation from both ends (`DISTILL`), and
+with both: each a step of the study and a column of `purification_table`."""
+STEPS = ("path", *BASELINES, "path_aug", *PURIFICATIONS, "path_kd", "path_kd_aug")
+"""What runs at every N; `--steps` may run fewer (e.g. a longer budget for the path and one fine-tuned end)."""
 
 
 def bonafide_of_size(test: Any, size: int) -> np.ndarray:
@@ -177,6 +186,8 @@ def run_size(
     runs = {
         "path": partial(path, "path"),
         "path_aug": partial(path, "path_aug", path_augment=True),
+        "path_kd": partial(path, "path_kd", path_distill=DISTILL),
+        "path_kd_aug": partial(path, "path_kd_aug", path_augment=True, path_distill=DISTILL),
         "superfinetune_a": partial(grid.second_end_alone, "superfinetune", a, clean, single, step / "sft_a", evaluate),
         "fst_a": partial(grid.second_end_alone, "fst", a, clean, single, step / "fst_a", evaluate),
         "finetune_a": partial(grid.second_end_alone, "finetune", a, clean, single, step / "finetune_a", evaluate),
@@ -258,6 +269,84 @@ def two_model_table(out: Path) -> str:
         + curve
         + ["", "Cells per outcome:"]
         + tally(curve_outcomes)
+    )
+
+
+PURIFIERS = {
+    "finetune_a": "fine-tune A",
+    "finetune_b": "fine-tune B",
+    "superfinetune_a": "super-fine-tune A",
+    "fst_a": "FST A",
+    "fineprune_a": "fine-prune A",
+}
+"""Every fine-tuning-based purification of the study, each a bar the path must clear (issue 14: 'the best
+fine-tuning-based purification at the same budget, not only plain fine-tuning')."""
+
+
+def short(result: dict[str, Any] | None) -> str:
+    """'clean / ASR' of one evaluated model, or why there is none."""
+    if result is None:
+        return "not run"
+    return measured(result) if "failed" in result else f"{result['clean_acc']:.3f} / {result['asr']:.3f}"
+
+
+def matched_pairs(rows: list[dict[str, Any]], ends: dict[str, dict[str, Any]]) -> str:
+    """'purifier clean / ASR -> the path's matched point' for every purifier that finished."""
+    pairs = []
+    for name, end in ends.items():
+        point = matched_point(rows, end)
+        found = "none" if point is None else f"{short(point)} (t={point['t']:g})"
+        pairs.append(f"{PURIFIERS[name]} {short(end)} -> {found}")
+    return "; ".join(pairs)
+
+
+def purification_table(out: Path) -> str:
+    """Both paths (plain and crop+flip) against every fine-tuning-based purification, where those were run.
+
+    Per (cell, N): each path's chosen point (clean data only) and, with every purification as an end to match,
+    the verdicts of `verdict` (the chosen point) and `curve_verdict` (the curve at each purifier's ASR).
+    """
+    columns = ("cell", "epochs", "N", *(f"{label} (chosen t)" for label in PATHS.values()), *PURIFIERS.values())
+    columns += ("scratch",)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    notes: list[str] = []
+    outcomes: list[tuple[int, int, str]] = []
+    studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
+    for folder, study in studies:
+        epochs = study.name.removeprefix("two_model_e") if study.name != "two_model" else str(grid.Budget.repair_epochs)
+        for size in SIZES:
+            step = study / f"N{size}"
+            files = {name: finest_path(step, name) for name in PATHS}
+            files |= {name: step / f"{name}.json" for name in (*PURIFIERS, "scratch")}
+            results = {name: json.loads(file.read_text()) for name, file in files.items() if file.is_file()}
+            if not set(PURIFICATIONS) & set(results):
+                continue
+            paths = {name: results[name] for name in PATHS if "rows" in results.get(name, {})}
+            chosen = {name: grid.point(path["rows"], path["t"]) for name, path in paths.items()}
+            cells = [
+                f"{short(chosen[name])} (t={paths[name]['t']:g})" if name in chosen else short(results.get(name))
+                for name in PATHS
+            ]
+            cells += [short(results.get(name)) for name in (*PURIFIERS, "scratch")]
+            lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + " |")
+            ends = {name: results[name] for name in PURIFIERS if "clean_acc" in results.get(name, {})}
+            for name, path in paths.items():
+                label = PATHS[name]
+                outcome = curve_verdict(path["rows"], list(ends.values()))
+                picked = verdict(chosen[name], list(ends.values()))
+                notes.append(
+                    f"- {folder.name} ({epochs} epochs) N={size}, {label}: chosen point {picked}; "
+                    f"curve {outcome} ({matched_pairs(path['rows'], ends)})"
+                )
+                outcomes.append((int(epochs), size, f"{label}: {outcome}"))
+    if len(lines) == 2:
+        return ""
+    return "\n".join(
+        lines
+        + ["", "Each path against every purification (chosen point: clean data only; curve: t read with the trigger):"]
+        + notes
+        + ["", "Curve verdicts per budget and N:"]
+        + tally(outcomes)
     )
 
 
@@ -373,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.table:
         print(two_model_table(args.out))
+        purified = purification_table(args.out)
+        if purified:
+            print("\n" + purified)
         return 0
     if not args.cells:
         parser.error("--cells: name the cells to run (e.g. vgg_small_bn-patch-r10)")

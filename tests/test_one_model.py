@@ -302,3 +302,9 @@ def test_auto_resolves_the_unlearning_radius_once_per_repair_folder(handed, tmp_
 def test_an_unlearning_radius_that_is_neither_positive_nor_auto_is_a_one_line_error(radius):
     with pytest.raises(ConfigError, match=r"^unlearn_eps must be > 0 \(or 'auto'\) and unlearn_steps >= 1$"):
         ChainSettings(unlearn_eps=radius)
+
+
+def test_the_paths_distillation_weight_reaches_the_curve(handed, tmp_path):
+    chain, _ = chain_for(handed, tmp_path, path_distill=0.5)
+    assert chain.curve_system().distill == 0.5
+    assert chain_for(handed, tmp_path / "plain")[0].curve_system().distill == 0.0

@@ -178,6 +178,7 @@ class RepairChain:
             scheduler=PaperSchedule,
             weight_decay=settings.weight_decay,
             seed=settings.seed,
+            distill=settings.path_distill,
         )
 
     def train_path(self, start: Path, end: Path) -> Path:

@@ -79,6 +79,9 @@ class ChainSettings:
             reaches most easily, re-scanned every epoch (Neural Cleanse's suspect; about twice the cost). None (the
             default): on with 'unlearn' (chosen on the CIFAR-10 grid, docs/results.md), off with the others.
         path_augment: train the path on crop+flip augmented bonafide images.
+        path_distill: weight of a distillation term in the path's loss: every point is also pulled toward the two
+            endpoints' mean predictions on the same clean images (`CurveSystem(distill=...)`, temperature 4);
+            0 (the paper's objective, the default) turns it off.
         selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule),
             'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
             cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), 'scan' (the
@@ -113,6 +116,7 @@ class ChainSettings:
     unlearn_steps: int = 5
     unlearn_suspect: bool | None = None
     path_augment: bool = False
+    path_distill: float = 0.0
     selection: str = "auto"
     accelerator: str = "auto"
     progress: bool = True
@@ -128,18 +132,24 @@ class ChainSettings:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.superfinetune_lr <= 0 or self.fst_alpha < 0:
             raise ConfigError("superfinetune_lr must be > 0 and fst_alpha >= 0")
-        radius = self.unlearn_eps
-        finite_radius = not isinstance(radius, (str, bool)) and 0 < radius < math.inf  # nan fails both comparisons
-        if (radius != "auto" and not finite_radius) or self.unlearn_steps < 1:
-            raise ConfigError("unlearn_eps must be > 0 (or 'auto') and unlearn_steps >= 1")
-        if self.unlearn_eps_final is not None and not 0 < self.unlearn_eps_final < math.inf:
-            raise ConfigError(f"unlearn_eps_final must be > 0 (or unset), got {self.unlearn_eps_final}")
+        self._check_strengths()
         if self.unlearn_suspect is None:  # on for the recipe it belongs to, off for the others
             self.unlearn_suspect = self.second_end == "unlearn"
         if self.unlearn_suspect and self.second_end != "unlearn":
             raise ConfigError(
                 f"unlearn_suspect needs second_end 'unlearn', got {self.second_end!r}: drop one of the two settings"
             )
+
+    def _check_strengths(self) -> None:
+        """The unlearning radius and steps, and the path's distillation weight (nan fails every comparison)."""
+        radius = self.unlearn_eps
+        finite_radius = not isinstance(radius, (str, bool)) and 0 < radius < math.inf
+        if (radius != "auto" and not finite_radius) or self.unlearn_steps < 1:
+            raise ConfigError("unlearn_eps must be > 0 (or 'auto') and unlearn_steps >= 1")
+        if self.unlearn_eps_final is not None and not 0 < self.unlearn_eps_final < math.inf:
+            raise ConfigError(f"unlearn_eps_final must be > 0 (or unset), got {self.unlearn_eps_final}")
+        if not 0 <= self.path_distill < math.inf:
+            raise ConfigError(f"path_distill must be >= 0 (0: off), got {self.path_distill}")
 
     def resolve_selection(self, one_model: bool) -> None:
         """Replace 'auto' by the rule for this repair: 'veto' with one model, 'middle' (the paper's) with two.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Literal
 
@@ -69,6 +70,16 @@ def check_single_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: fl
         )
 
 
+def distillation_loss(
+    logits: torch.Tensor, teachers: list[nn.Module], x: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 KL(p || q): p the teachers' mean softmax at temperature T on x, q the student's (Hinton et al. 2015)."""
+    with torch.no_grad():
+        target = torch.stack([F.softmax(teacher(x) / temperature, dim=1) for teacher in teachers]).mean(0)
+    student = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(student, target, reduction="batchmean") * temperature**2
+
+
 class CurveSystem(ClassificationSystem):
     """A curve of networks from `start` (t=0) to `end` (t=1) whose free bends train on the bonafide data.
 
@@ -76,6 +87,9 @@ class CurveSystem(ClassificationSystem):
     penalty on the interpolated weights as in the paper's code (so the optimizer's own weight decay must be 0, and
     `configure_optimizers` refuses both at once);
     the penalty enters through its gradient, wd * w(t), and `train/loss` logs the cross-entropy.
+    With `distill` > 0 each step also pulls phi_t toward the endpoints' averaged predictions on the same images
+    (Hinton et al. 2015, temperature `distill_temperature`): the ends know far more about clean images than a few
+    hundred labels say, and distilling on clean images only does not carry a trigger across (Yoshida & Fujino 2020).
     Validation and test measure the point at `val_t` after recomputing its BatchNorm statistics on the bonafide
     data; the `PathEvaluation` callback sweeps the whole path. The checkpoint holds both endpoints, so a run
     resumes, and a trained path is evaluated, without the endpoint files.
@@ -98,6 +112,9 @@ class CurveSystem(ClassificationSystem):
         eval_attack: optional attack for robust accuracy at val_t.
         normalize: input statistics a foreign net expects ("0.5,0.5", "imagenet", JSON); None: it takes pixels.
         output: what the net returns: "logits", "probabilities" or "log_probabilities".
+        distill: weight of the distillation term T^2 KL(teachers || phi_t) added to the cross-entropy; 0 (the
+            paper's objective) turns it off. The teachers are the two endpoints with their own BN statistics.
+        distill_temperature: the softmax temperature T of that term.
     """
 
     def __init__(
@@ -117,10 +134,17 @@ class CurveSystem(ClassificationSystem):
         eval_attack: PGD | AutoAttack | None = None,
         normalize: str | None = None,
         output: Literal["logits", "probabilities", "log_probabilities"] = "logits",
+        distill: float = 0.0,
+        distill_temperature: float = 4.0,
     ) -> None:
         super().__init__(net, optimizer, scheduler, eval_attack, normalize, output)
         if not 0.0 <= val_t <= 1.0:
             raise ConfigError(f"model.val_t must be in [0, 1], got {val_t}")
+        if not (0.0 <= distill < math.inf and 0.0 < distill_temperature < math.inf):
+            raise ConfigError(
+                f"model.distill must be >= 0 and model.distill_temperature > 0 (finite), got {distill} and "
+                f"{distill_temperature}"
+            )
         if weight_decay < 0:
             raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
         template = self.net  # the user's net, adapted to pixels and logits when normalize/output say so
@@ -128,6 +152,8 @@ class CurveSystem(ClassificationSystem):
         self.curve = CurveModel(template, kind=kind, num_bends=num_bends, fix_start=fix_start, fix_end=fix_end)
         self.start, self.end = start, end
         self.weight_decay, self.val_t, self.seed = weight_decay, val_t, seed
+        self.distill, self.distill_temperature = distill, distill_temperature
+        self.teachers: list[nn.Module] = []  # the endpoints as plain nets, built when training starts (not saved)
         self.t_seed = t_seed(seed)
         self.save_plain_hyperparameters()
 
@@ -149,6 +175,10 @@ class CurveSystem(ClassificationSystem):
         template = self.curve.template
         self.curve.set_endpoints(load_weights(self.start, template), load_weights(self.end, template))
 
+    def on_train_start(self) -> None:
+        if self.distill:  # from the curve's own endpoint bends and BN statistics, so a resumed run has them too
+            self.teachers = [self.curve.endpoint(which).eval().requires_grad_(False) for which in (0, 1)]
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         t = step_t(self.t_seed, self.global_step, self.global_rank)
@@ -156,6 +186,10 @@ class CurveSystem(ClassificationSystem):
         logits = self.curve.run(x, weights)
         loss = F.cross_entropy(logits, y)  # the L2 penalty on w(t) enters through its gradient only
         self.log_step_metrics("train", logits, y, loss)
+        if self.distill:
+            distilled = distillation_loss(logits, self.teachers, x, self.distill_temperature)
+            self.log("train/distill", distilled.detach(), on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + self.distill * distilled
         return loss
 
     def configure_optimizers(self) -> Any:

@@ -154,3 +154,42 @@ def test_a_step_run_with_fewer_baselines_says_not_run_and_compares_with_the_ends
     line = next(line for line in table.splitlines() if line.startswith("| wrn"))
     assert line.split(" | ").count("not run") == 3  # fine-tune B, fine-prune A and scratch
     assert "- wrn16_1-patch-r10 (64 epochs) N=500: path 0.750 / 0.050, fine-tuned ends 0.700 / 0.900: wins" in table
+
+
+def test_the_purification_table_holds_each_path_against_every_purification(tmp_path):
+    cell = tmp_path / "wrn16_1-patch-r10"
+    step = cell / "two_model_e16" / "N500"
+    step.mkdir(parents=True)
+    for name in ("tampered.json", "tampered_1.json"):
+        (cell / name).write_text(json.dumps(result(0.8, 0.95)))
+    (step / "path_p9.json").write_text(json.dumps({"t": 0.25, "rows": CURVE, "seconds": 1}))
+    cleaner = rows_of((0.0, 0.80, 0.95), (0.25, 0.79, 0.50), (0.5, 0.78, 0.04), (0.75, 0.79, 0.40), (1.0, 0.81, 0.96))
+    (step / "path_aug_p9.json").write_text(json.dumps({"t": 0.5, "rows": cleaner, "seconds": 1}))
+    ends = {"finetune_a": (0.70, 0.90), "finetune_b": (0.71, 0.92), "superfinetune_a": (0.76, 0.06)}
+    ends |= {"fst_a": (0.60, 0.01), "fineprune_a": (0.72, 0.70), "scratch": (0.40, 0.05)}
+    for name, (clean, asr) in ends.items():
+        (step / f"{name}.json").write_text(json.dumps(result(clean, asr)))
+
+    table = two.purification_table(tmp_path)
+
+    row = next(line for line in table.splitlines() if line.startswith("| wrn16_1"))
+    assert row.split(" | ")[3:8] == [
+        "0.780 / 0.600 (t=0.25)",
+        "0.780 / 0.040 (t=0.5)",
+        "not run",
+        "not run",
+        "0.700 / 0.900",
+    ]
+    assert "| 0.400 / 0.050 |" in row  # scratch, last
+    # super-fine-tuning (0.76 / 0.06) is cleaner than the plain path's backdoor-free t=0.5 (0.74 / 0.08): it loses;
+    # its chosen point beats the fine-tuned ends but keeps the backdoor (ASR 0.6). The crop+flip path is cleaner at
+    # every purifier's ASR, FST's 0.01 included (0.78 / 0.04 is within 0.05)
+    assert "N=500, path: chosen point wins, but keeps the backdoor; curve loses (" in table
+    assert "N=500, path, crop+flip: chosen point wins; curve wins (" in table
+    assert "super-fine-tune A 0.760 / 0.060 -> 0.780 / 0.040 (t=0.5)" in table
+    assert table.endswith("- 16 epochs, N=500: path, crop+flip: wins 1, path: loses 1")
+
+
+def test_no_purification_run_means_no_purification_table(tmp_path):
+    (tmp_path / "vgg_small_bn-patch-r10" / "two_model" / "N50").mkdir(parents=True)
+    assert two.purification_table(tmp_path) == ""

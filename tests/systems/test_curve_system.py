@@ -213,3 +213,41 @@ def test_no_curve_config_sets_an_optimizer_weight_decay():
         model = composed[path]["init_args"]
         optimizer = model.get("optimizer") or {}
         assert not (optimizer.get("init_args") or {}).get("weight_decay"), path.name
+
+
+def test_distillation_loss_is_the_tempered_kl_to_the_teachers_mean():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    first, second = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    student = torch.randn(5, 4)
+    temperature = 2.0
+    target = (F.softmax(first(x) / temperature, 1) + F.softmax(second(x) / temperature, 1)) / 2
+    q = F.log_softmax(student / temperature, 1)
+    expected = (target * (target.log() - q)).sum(1).mean() * temperature**2  # KL(p || q), per image, averaged
+    got = curve_module.distillation_loss(student, [first, second], x, temperature)
+    torch.testing.assert_close(got, expected)
+    # a student that reproduces the one teacher it learns from has nothing left to learn
+    with torch.no_grad():
+        assert curve_module.distillation_loss(first(x), [first], x, temperature) < 1e-6
+
+
+def test_distilled_path_learns_from_the_endpoints_own_predictions(tiny_endpoints, tmp_path):
+    pl.seed_everything(0)
+    system = curve_system(tiny_endpoints, distill=1.0)
+    dm = datamodule()
+    fit = trainer(tmp_path, max_epochs=2)
+    fit.fit(system, dm)
+    assert len(system.teachers) == 2 and "train/distill" in fit.callback_metrics
+    x = dm.bonafide_dataset("train").tensors()[0][:16]
+    for which, teacher in enumerate(system.teachers):  # the endpoints with their own BN statistics, untrained
+        assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+        torch.testing.assert_close(teacher(x), system.curve.endpoint(which).eval()(x))
+    plain = curve_system(tiny_endpoints)  # the paper's objective builds no teachers
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(plain, dm)
+    assert plain.teachers == []
+
+
+@pytest.mark.parametrize(("distill", "temperature"), [(-1.0, 4.0), (float("nan"), 4.0), (1.0, 0.0)])
+def test_a_bad_distillation_setting_is_refused(distill, temperature):
+    with pytest.raises(ConfigError, match="model.distill"):
+        CurveSystem(TinyNet(width=16), distill=distill, distill_temperature=temperature)
