@@ -74,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
         "(the scan keeps --unlearn-eps); default: no schedule",
     )
     p.add_argument(
+        "--path-distill",
+        type=float,
+        default=None,
+        help="weight of a distillation term in the path's loss: every point also learns the two ends' mean "
+        "predictions on the clean images (0: the paper's objective; docs/repair.md)",
+    )
+    p.add_argument(
         "--selection",
         default="auto",
         choices=("auto", "middle", "far", "scan", "veto"),
@@ -122,7 +129,7 @@ def _run(args: argparse.Namespace) -> Any:
     net = build_net(args.net, args.net_args)
     # every other option is a keyword of mcrobust.repair (or of ChainSettings) under the same name
     options = {key: value for key, value in vars(args).items() if key not in ("model", "clean", "net", "net_args")}
-    for unset in ("second_end", "unlearn_suspect", "unlearn_eps", "unlearn_eps_final"):
+    for unset in ("second_end", "unlearn_suspect", "unlearn_eps", "unlearn_eps_final", "path_distill"):
         if options.get(unset) is None:
             options.pop(unset, None)  # the chain's default
     return repair(args.model, args.clean, net=net, **options)

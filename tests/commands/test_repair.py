@@ -29,7 +29,7 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
     )
     command._run(args)
     assert seen["selection"] == "far" and seen["second_end"] == "fst" and seen["out"] == "o/"
-    assert not {"unlearn_suspect", "unlearn_eps", "unlearn_eps_final"} & set(seen)  # the chain's defaults decide
+    assert not {"unlearn_suspect", "unlearn_eps", "unlearn_eps_final", "path_distill"} & set(seen)  # chain defaults
     seen.clear()
     command._run(
         command.parser().parse_args(
@@ -61,6 +61,12 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
         )
     )
     assert seen["unlearn_eps"] == "auto"
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--path-distill", "1"]
+        )
+    )
+    assert seen["path_distill"] == 1.0
 
 
 def test_an_unknown_selection_is_one_line(capsys):
