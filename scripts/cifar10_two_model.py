@@ -52,16 +52,19 @@ PURIFICATIONS = ("superfinetune_a", "fst_a")
 """The two published fine-tuning-based purifications on model A (Sha et al. 2022, Min et al. 2023): issue 14 asks the
 path to beat the best of them too, not only the paper's fine-tuning."""
 DISTILL = 1.0
-"""Weight of the distillation term of `path_kd` (`ChainSettings.path_distill`)."""
+STRONG_DISTILL = 4.0
+"""Weights of the distillation term of `path_kd` and `path_kd4` (`ChainSettings.path_distill`)."""
 PATHS = {
     "path": "path",
     "path_aug": "path, crop+flip",
     "path_kd": "path, distilled",
     "path_kd_aug": "path, distilled, crop+flip",
+    "path_kd4": "path, distilled x4",
 }
 """The path as the paper trains it, on crop+flip augmented images, with distillation from both ends (`DISTILL`), and
-with both: each a step of the study and a column of `purification_table`."""
-STEPS = ("path", *BASELINES, "path_aug", *PURIFICATIONS, "path_kd", "path_kd_aug")
+with both, and with a distillation term four times stronger: each a step of the study and a column of
+`purification_table`."""
+STEPS = ("path", *BASELINES, "path_aug", *PURIFICATIONS, "path_kd", "path_kd_aug", "path_kd4")
 """What runs at every N; `--steps` may run fewer (e.g. a longer budget for the path and one fine-tuned end)."""
 
 
@@ -188,6 +191,7 @@ def run_size(
         "path_aug": partial(path, "path_aug", path_augment=True),
         "path_kd": partial(path, "path_kd", path_distill=DISTILL),
         "path_kd_aug": partial(path, "path_kd_aug", path_augment=True, path_distill=DISTILL),
+        "path_kd4": partial(path, "path_kd4", path_distill=STRONG_DISTILL),
         "superfinetune_a": partial(grid.second_end_alone, "superfinetune", a, clean, single, step / "sft_a", evaluate),
         "fst_a": partial(grid.second_end_alone, "fst", a, clean, single, step / "fst_a", evaluate),
         "finetune_a": partial(grid.second_end_alone, "finetune", a, clean, single, step / "finetune_a", evaluate),

@@ -173,7 +173,7 @@ def test_the_purification_table_holds_each_path_against_every_purification(tmp_p
     table = two.purification_table(tmp_path)
 
     row = next(line for line in table.splitlines() if line.startswith("| wrn16_1"))
-    assert row.split(" | ")[3:8] == [
+    assert row.split(" | ")[3:9] == [
         "0.780 / 0.600 (t=0.25)",
         "0.780 / 0.040 (t=0.5)",
         "not run",
