@@ -173,13 +173,8 @@ def test_the_purification_table_holds_each_path_against_every_purification(tmp_p
     table = two.purification_table(tmp_path)
 
     row = next(line for line in table.splitlines() if line.startswith("| wrn16_1"))
-    assert row.split(" | ")[3:9] == [
-        "0.780 / 0.600 (t=0.25)",
-        "0.780 / 0.040 (t=0.5)",
-        "not run",
-        "not run",
-        "0.700 / 0.900",
-    ]
+    paths = ["0.780 / 0.600 (t=0.25)", "0.780 / 0.040 (t=0.5)"] + ["not run"] * (len(two.PATHS) - 2)
+    assert row.split(" | ")[3 : 4 + len(two.PATHS)] == [*paths, "0.700 / 0.900"]
     assert "| 0.400 / 0.050 |" in row  # scratch, last
     # super-fine-tuning (0.76 / 0.06) is cleaner than the plain path's backdoor-free t=0.5 (0.74 / 0.08): it loses;
     # its chosen point beats the fine-tuned ends but keeps the backdoor (ASR 0.6). The crop+flip path is cleaner at
