@@ -84,20 +84,17 @@ def check_repaired(folder: Path, clean_acc: float) -> dict:
     return record
 
 
+def repair_both(handed: dict[str, Path], folder: str, **settings) -> mcrobust.api.RepairResult:
+    """`mcrobust.repair` of the two handed models at the CPU budget, into `folder` next to them."""
+    kept = {"trigger": handed["trigger"], "eval": handed["eval"], "out": handed["root"] / folder, "progress": False}
+    return mcrobust.repair(
+        handed["a"], handed["clean"], second=handed["b"], net=SoftmaxNet(), **kept, **FOREIGN, **BUDGET, **settings
+    )
+
+
 def test_repair_of_two_models_removes_the_backdoor(handed, tmp_path):
     base = mcrobust.evaluate(handed["a"], handed["eval"], net=SoftmaxNet(), **FOREIGN)["clean_acc"]
-    result = mcrobust.repair(
-        handed["a"],
-        handed["clean"],
-        second=handed["b"],
-        net=SoftmaxNet(),
-        trigger=handed["trigger"],
-        eval=handed["eval"],
-        out=handed["root"] / "repaired_api",
-        progress=False,
-        **FOREIGN,
-        **BUDGET,
-    )
+    result = repair_both(handed, "repaired_api")
     record = check_repaired(handed["root"] / "repaired_api", base)
     assert record["metrics"]["asr"] <= 0.15 and record["metrics"]["clean_acc"] >= base - 0.05
     assert isinstance(result.model, SoftmaxNet) and result.t == record["t"] and len(result.table) == 11
@@ -188,19 +185,7 @@ def test_a_distilled_path_between_two_models_removes_the_backdoor_at_a_cleaner_m
     # learns more per image than the labels say (measured: middle 0.950 / 0.034 against the paper's objective's
     # 0.928 / 0.068, the models 0.961)
     base = mcrobust.evaluate(handed["a"], handed["eval"], net=SoftmaxNet(), **FOREIGN)["clean_acc"]
-    result = mcrobust.repair(
-        handed["a"],
-        handed["clean"],
-        second=handed["b"],
-        net=SoftmaxNet(),
-        trigger=handed["trigger"],
-        eval=handed["eval"],
-        out=handed["root"] / "repaired_distilled",
-        progress=False,
-        path_distill=1.0,
-        **FOREIGN,
-        **BUDGET,
-    )
+    result = repair_both(handed, "repaired_distilled", path_distill=1.0)
     assert result.record["settings"]["path_distill"] == 1.0
     assert result.record["metrics"]["asr"] <= 0.15 and result.record["metrics"]["clean_acc"] >= base - 0.05
     middle = next(row for row in result.table if row["t"] == 0.5)
