@@ -89,7 +89,8 @@ class CurveSystem(ClassificationSystem):
     the penalty enters through its gradient, wd * w(t), and `train/loss` logs the cross-entropy.
     With `distill` > 0 each step also pulls phi_t toward the endpoints' averaged predictions on the same images
     (Hinton et al. 2015, temperature `distill_temperature`): the ends know far more about clean images than a few
-    hundred labels say, and distilling on clean images only does not carry a trigger across (Yoshida & Fujino 2020).
+    hundred labels say, and clean images do not show the trigger, so distillation passes little of it on (Yoshida &
+    Fujino 2020 disable backdoors that way; the CIFAR-10 paths of docs/results.md lost it in the middle).
     Validation and test measure the point at `val_t` after recomputing its BatchNorm statistics on the bonafide
     data; the `PathEvaluation` callback sweeps the whole path. The checkpoint holds both endpoints, so a run
     resumes, and a trained path is evaluated, without the endpoint files.
