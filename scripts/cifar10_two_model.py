@@ -314,7 +314,7 @@ def purification_table(out: Path) -> str:
     columns += ("scratch",)
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     notes: list[str] = []
-    outcomes: list[tuple[int, int, str]] = []
+    outcomes: dict[str, list[tuple[int, int, str]]] = {label: [] for label in PATHS.values()}
     studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
     for folder, study in studies:
         epochs = study.name.removeprefix("two_model_e") if study.name != "two_model" else str(grid.Budget.repair_epochs)
@@ -342,15 +342,15 @@ def purification_table(out: Path) -> str:
                     f"- {folder.name} ({epochs} epochs) N={size}, {label}: chosen point {picked}; "
                     f"curve {outcome} ({matched_pairs(path['rows'], ends)})"
                 )
-                outcomes.append((int(epochs), size, f"{label}: {outcome}"))
+                outcomes[label].append((int(epochs), size, outcome))
     if len(lines) == 2:
         return ""
     return "\n".join(
         lines
         + ["", "Each path against every purification (chosen point: clean data only; curve: t read with the trigger):"]
         + notes
-        + ["", "Curve verdicts per budget and N:"]
-        + tally(outcomes)
+        + ["", "Curve verdicts per path, budget and N:"]
+        + [f"- {label}, {line[2:]}" for label, found in outcomes.items() for line in tally(found)]
     )
 
 
@@ -409,21 +409,30 @@ def matched_point(rows: list[dict[str, Any]], end: dict[str, Any]) -> dict[str, 
 
 
 def curve_verdict(rows: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> str:
-    """Issue 14's bar read on the whole path: its clean accuracy at each fine-tuned end's ASR.
+    """Issue 14's bar read on the whole path: its clean accuracy at each fine-tuned (or purified) end's ASR.
 
     This is the comparison of the paper's figures: t is read with the trigger, which a defender cannot do, so it
-    says what the path offers, not what the clean-only rule picks. The path wins when it is cleaner (by more than
-    the margin) than every fine-tuned end at that end's ASR and loses when it is less clean than one, or reaches no
-    interior point at that ASR. A win where the ends keep the backdoor (ASR above `KEPT_ASR`) says so.
+    says what the path offers, not what the clean-only rule picks. The path loses when it is less clean (by more than
+    the margin) than one end at that end's ASR. An end whose ASR no interior point reaches (up to the margin) is a
+    trade-off when it is less clean than the path's lowest-ASR interior point (it bought the lower ASR with clean
+    accuracy), and beats the path otherwise. Else the path is matched, or wins when it is cleaner than every end; a
+    win where the ends keep the backdoor (ASR above `KEPT_ASR`) says so.
     """
     if not tuned:
         return NO_END
-    gaps = []
+    interior = [row for row in rows if 0 < row["t"] < 1]
+    lowest = min(interior, key=lambda row: (row["asr"], -row["clean_acc"]))
+    gaps, out_of_reach = [], []
     for end in tuned:
         point = matched_point(rows, end)
-        gaps.append(float("-inf") if point is None else point["clean_acc"] - end["clean_acc"])
-    if min(gaps) < -MATCHED_CLEAN:
+        if point is None:
+            out_of_reach.append(end["clean_acc"] < lowest["clean_acc"] - MATCHED_CLEAN)
+        else:
+            gaps.append(point["clean_acc"] - end["clean_acc"])
+    if (gaps and min(gaps) < -MATCHED_CLEAN) or not all(out_of_reach):
         return "loses"
+    if out_of_reach:
+        return "trade-off"
     if min(gaps) <= MATCHED_CLEAN:
         return "matched"
     return "wins" if min(end["asr"] for end in tuned) <= KEPT_ASR else "wins, but every end keeps the backdoor"

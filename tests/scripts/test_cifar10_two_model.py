@@ -89,7 +89,8 @@ CURVE = rows_of((0.0, 0.80, 0.95), (0.25, 0.78, 0.60), (0.5, 0.74, 0.08), (0.75,
         (result(0.70, 0.06), result(0.72, 0.10), "wins"),  # t=0.5 is cleaner at both ends' ASR
         (result(0.70, 0.06), result(0.79, 0.55), "loses"),  # at ASR 0.55 the best interior point is 0.77
         (result(0.735, 0.04), result(0.60, 0.90), "matched"),  # 0.74 against 0.735: within the margin
-        (result(0.70, 0.01), result(0.60, 0.90), "loses"),  # no interior point is within 0.05 of ASR 0.01
+        (result(0.76, 0.01), result(0.60, 0.90), "loses"),  # ASR 0.01 out of reach, and cleaner than t=0.5
+        (result(0.70, 0.01), result(0.60, 0.90), "trade-off"),  # out of reach, at 4 points under t=0.5's 0.74
         (result(0.70, 0.90), result(0.60, 0.95), "wins, but every end keeps the backdoor"),
     ],
 )
@@ -182,7 +183,7 @@ def test_the_purification_table_holds_each_path_against_every_purification(tmp_p
     assert "N=500, path: chosen point wins, but keeps the backdoor; curve loses (" in table
     assert "N=500, path, crop+flip: chosen point wins; curve wins (" in table
     assert "super-fine-tune A 0.760 / 0.060 -> 0.780 / 0.040 (t=0.5)" in table
-    assert table.endswith("- 16 epochs, N=500: path, crop+flip: wins 1, path: loses 1")
+    assert table.endswith("- path, 16 epochs, N=500: loses 1\n- path, crop+flip, 16 epochs, N=500: wins 1")
 
 
 def test_no_purification_run_means_no_purification_table(tmp_path):
