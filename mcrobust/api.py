@@ -195,7 +195,7 @@ def repair(
         if epochs is not None:
             settings["epochs"] = epochs
         chain_settings = ChainSettings(seed=seed, **settings)
-        chain_settings.resolve_selection(one_model=second is None)
+        chain_settings.resolve_for(one_model=second is None)
         first = adapt_net(as_module(model, net), normalize, output)
         other = adapt_net(as_module(second, net, "second"), normalize, output) if second is not None else None
         found, target = _trigger_and_target(trigger, target)

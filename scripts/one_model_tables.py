@@ -195,7 +195,7 @@ def write_tables(study: dict[str, Any], path: Path) -> str:
     from mcrobust.pipeline.settings import ChainSettings
 
     settings = ChainSettings()
-    settings.resolve_selection(one_model=True)
+    settings.resolve_for(one_model=True)
     rule = settings.selection  # 'auto' names no rule of its own; with one model it resolves to a scan rule
     chosen = points(study, ("middle", "far"))
     # the scan rules need the scans, not only the rows: their points are the ones each repair exported

@@ -145,9 +145,9 @@ def test_unknown_recipe_or_rule_is_a_one_line_error(setting):
 
 def test_the_default_rule_is_the_veto_with_one_model_and_the_papers_middle_with_two():
     one, two, forced = ChainSettings(), ChainSettings(), ChainSettings(selection="middle")
-    one.resolve_selection(one_model=True)
-    two.resolve_selection(one_model=False)
-    forced.resolve_selection(one_model=True)
+    one.resolve_for(one_model=True)
+    two.resolve_for(one_model=False)
+    forced.resolve_for(one_model=True)
     assert (one.selection, two.selection, forced.selection) == ("veto", "middle", "middle")
     assert ChainSettings().unlearn_suspect is True and ChainSettings(second_end="fst").unlearn_suspect is False
 
@@ -279,7 +279,7 @@ def test_a_suspect_scan_without_unlearning_is_refused_not_ignored():
 @pytest.mark.parametrize("selection", ["scan", "veto"])
 def test_the_scan_rules_are_refused_with_two_models(selection):
     with pytest.raises(ConfigError, match=f"^selection '{selection}' scans the one given model; with a second model"):
-        ChainSettings(selection=selection).resolve_selection(one_model=False)
+        ChainSettings(selection=selection).resolve_for(one_model=False)
 
 
 def test_auto_resolves_the_unlearning_radius_once_per_repair_folder(handed, tmp_path, monkeypatch):
@@ -307,4 +307,22 @@ def test_an_unlearning_radius_that_is_neither_positive_nor_auto_is_a_one_line_er
 def test_the_paths_distillation_weight_reaches_the_curve(handed, tmp_path):
     chain, _ = chain_for(handed, tmp_path, path_distill=0.5)
     assert chain.curve_system().distill == 0.5
-    assert chain_for(handed, tmp_path / "plain")[0].curve_system().distill == 0.0
+    unresolved, _ = chain_for(handed, tmp_path / "auto")  # 'auto' is resolved by mcrobust.repair, not here
+    with pytest.raises(ConfigError, match="^path_distill 'auto' is resolved for one or two models by mcrobust.repair"):
+        unresolved.curve_system()
+
+
+def test_a_folder_from_before_distillation_resumes_with_one_model_and_not_with_two(handed, tmp_path):
+    def resolved(one_model: bool) -> RepairChain:
+        chain, _ = chain_for(handed, tmp_path)
+        chain.settings.resolve_for(one_model)  # what mcrobust.repair does before the resume check
+        return chain
+
+    resolved(one_model=True).check_resumable("one")
+    record = tmp_path / "steps" / "chain_settings.json"
+    saved = json.loads(record.read_text())
+    assert saved.pop("path_distill") == 0.0  # one model: the paper's objective
+    record.write_text(json.dumps(saved))  # written before the setting existed
+    resolved(one_model=True).check_resumable("one")
+    with pytest.raises(ConfigError, match="path_distill=0.0, this one has 4.0"):  # two models distil by default
+        resolved(one_model=False).check_resumable("one")

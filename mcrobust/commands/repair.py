@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--unlearn-eps",
-        type=radius_value,
+        type=number_or_auto,
         default=None,
         help="L2 radius, in pixel units, of the universal perturbations unlearning trains against and the suspect "
         "scan searches, or auto (default): the largest of 3, 2, 1.5, 1 (times the root of the pixel count over "
@@ -75,10 +75,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--path-distill",
-        type=float,
+        type=number_or_auto,
         default=None,
         help="weight of a distillation term in the path's loss: every point also learns the two ends' mean "
-        "predictions on the clean images (0: the paper's objective; docs/repair.md)",
+        "predictions on the clean images; 0 is the paper's objective; auto (default): 4 with --second, 0 with one "
+        "model (docs/repair.md)",
     )
     p.add_argument(
         "--selection",
@@ -96,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def radius_value(text: str) -> float | str:
-    """--unlearn-eps: a radius in pixel units, or 'auto'."""
+def number_or_auto(text: str) -> float | str:
+    """--unlearn-eps, --path-distill: a number, or 'auto'."""
     if text == "auto":
         return text
     try:

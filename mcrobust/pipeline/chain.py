@@ -168,6 +168,10 @@ class RepairChain:
     def curve_system(self, start: Path | None = None, end: Path | None = None) -> CurveSystem:
         """The path's system: endpoints from files to train a new path, or none to restore a trained one."""
         settings = self.settings
+        if settings.path_distill == "auto":
+            raise ConfigError(
+                "path_distill 'auto' is resolved for one or two models by mcrobust.repair; give a number here"
+            )
         return CurveSystem(
             copy.deepcopy(self.template),
             start=None if start is None else str(start),
@@ -178,7 +182,7 @@ class RepairChain:
             scheduler=PaperSchedule,
             weight_decay=settings.weight_decay,
             seed=settings.seed,
-            distill=settings.path_distill,
+            distill=float(settings.path_distill),
         )
 
     def train_path(self, start: Path, end: Path) -> Path:

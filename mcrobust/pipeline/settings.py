@@ -29,9 +29,13 @@ RECIPE_ONLY = {
 """Settings that shape the trained second end of these recipes only (the scan reads unlearn_eps and unlearn_steps
 too, but trains nothing): a repair of another recipe resumes whatever their values, or their defaults, became."""
 
-BEFORE_IT_EXISTED = {"unlearn_suspect": False, "unlearn_eps": 3.0}
+BEFORE_IT_EXISTED = {"unlearn_suspect": False, "unlearn_eps": 3.0, "path_distill": 0.0}
 """What a repair folder written before a setting existed was trained with, where that differs from its default
-(unlearn_eps: the radius of every unlearning before 'auto' became the default)."""
+(unlearn_eps: the radius of every unlearning before 'auto' became the default; path_distill: the paper's objective)."""
+
+TWO_MODEL_DISTILL = 4.0
+"""The distillation weight 'auto' gives a path between two models (chosen on the converged CIFAR-10 cells,
+docs/results.md, 2026-12-07); a one-model path keeps the paper's objective (0), which its default was measured with."""
 
 
 @dataclass
@@ -81,7 +85,8 @@ class ChainSettings:
         path_augment: train the path on crop+flip augmented bonafide images.
         path_distill: weight of a distillation term in the path's loss: every point is also pulled toward the two
             endpoints' mean predictions on the same clean images (`CurveSystem(distill=...)`, temperature 4);
-            0 (the paper's objective, the default) turns it off.
+            0 is the paper's objective. 'auto' (the default): `TWO_MODEL_DISTILL` with a second model, where it
+            lifted the backdoor-free middle of every converged CIFAR-10 cell, 0 with one model.
         selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule),
             'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
             cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), 'scan' (the
@@ -116,7 +121,7 @@ class ChainSettings:
     unlearn_steps: int = 5
     unlearn_suspect: bool | None = None
     path_augment: bool = False
-    path_distill: float = 0.0
+    path_distill: float | str = "auto"
     selection: str = "auto"
     accelerator: str = "auto"
     progress: bool = True
@@ -148,14 +153,18 @@ class ChainSettings:
             raise ConfigError("unlearn_eps must be > 0 (or 'auto') and unlearn_steps >= 1")
         if self.unlearn_eps_final is not None and not 0 < self.unlearn_eps_final < math.inf:
             raise ConfigError(f"unlearn_eps_final must be > 0 (or unset), got {self.unlearn_eps_final}")
-        if not 0 <= self.path_distill < math.inf:
-            raise ConfigError(f"path_distill must be >= 0 (0: off), got {self.path_distill}")
+        weight = self.path_distill
+        if weight != "auto" and (isinstance(weight, (str, bool)) or not 0 <= weight < math.inf):
+            raise ConfigError(f"path_distill must be >= 0 (0: off) or 'auto', got {weight!r}")
 
-    def resolve_selection(self, one_model: bool) -> None:
-        """Replace 'auto' by the rule for this repair: 'veto' with one model, 'middle' (the paper's) with two.
+    def resolve_for(self, one_model: bool) -> None:
+        """Replace the 'auto' rule and distillation by this repair's: 'veto' and 0 with one model, 'middle' (the
+        paper's) and `TWO_MODEL_DISTILL` with two.
 
         'scan' and 'veto' look for the first model's suspect class only, so they are refused with two tampered models.
         """
+        if self.path_distill == "auto":
+            self.path_distill = 0.0 if one_model else TWO_MODEL_DISTILL
         if self.selection in SCANNED and not one_model:
             raise ConfigError(
                 f"selection {self.selection!r} scans the one given model; with a second model use 'middle' (the "

@@ -67,6 +67,12 @@ def test_selection_and_second_end_reach_the_repair(monkeypatch):
         )
     )
     assert seen["path_distill"] == 1.0
+    command._run(
+        command.parser().parse_args(
+            ["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--path-distill", "auto"]
+        )
+    )
+    assert seen["path_distill"] == "auto"
 
 
 def test_an_unknown_selection_is_one_line(capsys):
@@ -83,3 +89,11 @@ def test_an_unlearning_radius_that_is_not_a_number_or_auto_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err.split("error:")[-1] and "--unlearn-eps" in err and "'auto'" in err
+
+
+def test_a_distillation_weight_that_is_not_a_number_or_auto_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--model", "m.pt", "--net", "tiny", "--clean", "c/", "--out", "o/", "--path-distill", "lots"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err.split("error:")[-1] and "--path-distill" in err and "'auto'" in err
