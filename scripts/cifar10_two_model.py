@@ -187,8 +187,8 @@ def run_size(
 
     single = {key: value for key, value in settings.items() if key != "num_points"}
     runs = {
-        "path": partial(path, "path"),
-        "path_aug": partial(path, "path_aug", path_augment=True),
+        "path": partial(path, "path", path_distill=0.0),  # the paper's objective, whatever the default
+        "path_aug": partial(path, "path_aug", path_augment=True, path_distill=0.0),
         "path_kd": partial(path, "path_kd", path_distill=DISTILL),
         "path_kd_aug": partial(path, "path_kd_aug", path_augment=True, path_distill=DISTILL),
         "path_kd4": partial(path, "path_kd4", path_distill=STRONG_DISTILL),
