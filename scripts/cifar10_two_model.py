@@ -304,6 +304,37 @@ def matched_pairs(rows: list[dict[str, Any]], ends: dict[str, dict[str, Any]]) -
     return "; ".join(pairs)
 
 
+def path_points_table(out: Path) -> str:
+    """Every trained path of the studies (each of `PATHS`) at every evaluated t: clean / ASR, the chosen t in bold."""
+    lines = []
+    studies = sorted((f, s) for f in out.iterdir() if f.is_dir() for s in f.glob("two_model*") if s.is_dir())
+    for folder, study in studies:
+        epochs = study.name.removeprefix("two_model_e") if study.name != "two_model" else str(grid.Budget.repair_epochs)
+        for size in SIZES:
+            for name, label in PATHS.items():
+                file = finest_path(study / f"N{size}", name)
+                path = json.loads(file.read_text()) if file.is_file() else {}
+                if "rows" not in path:
+                    continue
+                points = [
+                    (f"**{short(row)}**" if row["t"] == path["t"] else short(row)) + f" ({row['t']:g})"
+                    for row in path["rows"]
+                    if 0 < row["t"] < 1
+                ]
+                lines.append(
+                    f"| {folder.name} | {epochs} | {size} | {label} | {path['seconds']:.0f} | "
+                    + ", ".join(points)
+                    + " |"
+                )
+    if not lines:
+        return ""
+    header = [
+        "| cell | epochs | N | path | s | clean / ASR (t) at every interior t |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return "\n".join(header + lines)
+
+
 def purification_table(out: Path) -> str:
     """Both paths (plain and crop+flip) against every fine-tuning-based purification, where those were run.
 
@@ -475,9 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.table:
         print(two_model_table(args.out))
-        purified = purification_table(args.out)
-        if purified:
-            print("\n" + purified)
+        for extra in (purification_table(args.out), path_points_table(args.out)):
+            if extra:
+                print("\n" + extra)
         return 0
     if not args.cells:
         parser.error("--cells: name the cells to run (e.g. vgg_small_bn-patch-r10)")

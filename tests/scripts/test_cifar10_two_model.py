@@ -186,6 +186,16 @@ def test_the_purification_table_holds_each_path_against_every_purification(tmp_p
     assert table.endswith("- path, 16 epochs, N=500: loses 1\n- path, crop+flip, 16 epochs, N=500: wins 1")
 
 
+def test_the_points_table_lists_every_interior_t_of_every_path_with_the_chosen_one_in_bold(tmp_path):
+    step = tmp_path / "vgg_small_bn-patch-r10" / "two_model_e16" / "N50"
+    step.mkdir(parents=True)
+    (step / "path_kd4.json").write_text(json.dumps({"t": 0.5, "rows": CURVE, "seconds": 12.4}))
+    assert two.path_points_table(tmp_path).splitlines()[2] == (
+        "| vgg_small_bn-patch-r10 | 16 | 50 | path, distilled x4 | 12 | 0.780 / 0.600 (0.25), **0.740 / 0.080** (0.5), "
+        "0.770 / 0.500 (0.75) |"
+    )
+
+
 def test_no_purification_run_means_no_purification_table(tmp_path):
     (tmp_path / "vgg_small_bn-patch-r10" / "two_model" / "N50").mkdir(parents=True)
     assert two.purification_table(tmp_path) == ""
