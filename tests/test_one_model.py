@@ -177,6 +177,20 @@ def test_a_folder_from_before_the_radius_setting_resumes_at_radius_3(handed, tmp
         chain_for(handed, tmp_path)[0].check_resumable("one")
 
 
+def test_a_two_model_folder_resumes_whatever_the_second_end_settings_became(handed, tmp_path):
+    # a path between two given models trains no second end: its recipe's settings (unlearn_eps defaulted to 3 when
+    # the study's paths were trained) must not block re-evaluating such a path at more points
+    chain, _ = chain_for(handed, tmp_path, unlearn_eps=3.0, second_end="unlearn", path_distill=0.0)
+    chain.check_resumable("two")
+    saved = json.loads((tmp_path / "steps" / "chain_settings.json").read_text())
+    assert "unlearn_eps" not in saved and "second_end" not in saved and saved["path_distill"] == 0.0
+    saved |= {"unlearn_eps": 3.0, "second_end": "unlearn"}  # what such a folder holds
+    (tmp_path / "steps" / "chain_settings.json").write_text(json.dumps(saved))
+    chain_for(handed, tmp_path, second_end="fst", path_distill=0.0)[0].check_resumable("two")
+    with pytest.raises(ConfigError, match="path_distill=0.0, this one has 4.0"):  # the path itself still differs
+        chain_for(handed, tmp_path, path_distill=4.0)[0].check_resumable("two")
+
+
 def test_resuming_with_another_recipe_is_refused(handed, tmp_path):
     chain, _ = chain_for(handed, tmp_path, second_end="fst")
     chain.check_resumable("one")

@@ -144,12 +144,12 @@ class RepairChain:
         """Refuse to resume a repair in `out` that was trained with other settings or inputs (its stages would be
         reused): `inputs` is :func:`inputs_fingerprint` of the given models and clean images."""
         record = self.steps / "chain_settings.json"
-        current = {"ends": ends, **self.settings.training_settings()}
+        current = {"ends": ends, **self.settings.training_settings(one_model=ends == "one")}
         current |= {"inputs": inputs} if inputs is not None else {}
         if record.is_file():
             saved = json.loads(record.read_text())
             # a setting added since that folder was written counts as what was trained before it existed
-            defaults = ChainSettings().training_settings() | BEFORE_IT_EXISTED
+            defaults = ChainSettings().training_settings(one_model=ends == "one") | BEFORE_IT_EXISTED
             changed = sorted(key for key in current if saved.get(key, defaults.get(key)) != current[key])
             if "inputs" in changed:
                 raise ConfigError(

@@ -29,6 +29,10 @@ RECIPE_ONLY = {
 """Settings that shape the trained second end of these recipes only (the scan reads unlearn_eps and unlearn_steps
 too, but trains nothing): a repair of another recipe resumes whatever their values, or their defaults, became."""
 
+SECOND_END_ONLY = ("second_end", "augment", "finetune_lr", *RECIPE_ONLY)
+"""Settings of the trained second end only: a path between two given models trains none, so they are free to differ
+when it resumes (a two-model folder written when unlearn_eps defaulted to 3 resumes under 'auto')."""
+
 BEFORE_IT_EXISTED = {"unlearn_suspect": False, "unlearn_eps": 3.0, "path_distill": 0.0}
 """What a repair folder written before a setting existed was trained with, where that differs from its default
 (unlearn_eps: the radius of every unlearning before 'auto' became the default; path_distill: the paper's objective)."""
@@ -173,10 +177,13 @@ class ChainSettings:
         if self.selection == "auto":
             self.selection = "veto" if one_model else "middle"
 
-    def training_settings(self) -> dict[str, Any]:
-        """The settings that shape the trained stages: a resumed repair must have the same ones."""
+    def training_settings(self, one_model: bool = True) -> dict[str, Any]:
+        """The settings that shape the trained stages (with two models, no second end is trained): a resumed repair
+        must have the same ones."""
         return {
             key: getattr(self, key)
             for key in self.__dataclass_fields__
-            if key not in UNTRAINED and self.second_end in RECIPE_ONLY.get(key, (self.second_end,))
+            if key not in UNTRAINED
+            and self.second_end in RECIPE_ONLY.get(key, (self.second_end,))
+            and (one_model or key not in SECOND_END_ONLY)
         }
