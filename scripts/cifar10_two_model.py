@@ -217,6 +217,13 @@ def finest_path(step: Path, name: str = "path") -> Path:
     return refined[-1] if refined else step / f"{name}.json"
 
 
+def trained_seconds(step: Path, name: str = "path") -> float:
+    """Seconds of the run that trained the path (its first evaluation), not of a later re-evaluation at more points."""
+    files = sorted(step.glob(f"{name}*.json"), key=lambda file: file.stat().st_mtime)
+    runs = [json.loads(file.read_text()) for file in files if file.stem == name or file.stem.startswith(f"{name}_p")]
+    return next((run["seconds"] for run in runs if "seconds" in run), float("nan"))
+
+
 def interval(fraction: float, n: int) -> str:
     low, high = wilson_interval(fraction, n) or (float("nan"), float("nan"))
     return f"{fraction:.3f} [{low:.2f}, {high:.2f}]"
@@ -257,7 +264,7 @@ def two_model_table(out: Path) -> str:
                 measured(chosen) + f" (t={path['t']:g} of {len(path['rows'])})",
             ]
             cells += [measured(results[name]) if name in results else "not run" for name in BASELINES]
-            cells += [f"{path['seconds']:.0f}", f"{grid.trained_images(ends[0]):,}"]
+            cells += [f"{trained_seconds(step):.0f}", f"{grid.trained_images(ends[0]):,}"]
             lines.append(f"| {folder.name} | {epochs} | {size} | " + " | ".join(cells) + " |")
             summary.append(beats_fine_tuning(f"{folder.name} ({epochs} epochs)", size, chosen, results))
             outcomes.append((int(epochs), size, summary[-1].rsplit(": ", 1)[1]))
@@ -322,7 +329,7 @@ def path_points_table(out: Path) -> str:
                     if 0 < row["t"] < 1
                 ]
                 lines.append(
-                    f"| {folder.name} | {epochs} | {size} | {label} | {path['seconds']:.0f} | "
+                    f"| {folder.name} | {epochs} | {size} | {label} | {trained_seconds(file.parent, name):.0f} | "
                     + ", ".join(points)
                     + " |"
                 )
