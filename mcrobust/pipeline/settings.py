@@ -90,7 +90,7 @@ class ChainSettings:
         path_distill: weight of a distillation term in the path's loss: every point is also pulled toward the two
             endpoints' mean predictions on the same clean images (`CurveSystem(distill=...)`, temperature 4);
             0 is the paper's objective. 'auto' (the default): `TWO_MODEL_DISTILL` with a second model, where it
-            lifted the backdoor-free middle of every converged CIFAR-10 cell, 0 with one model.
+            lifted the middle of the path on every converged CIFAR-10 cell, 0 with one model.
         selection: which interior t within the tolerance is exported: 'middle' (closest to 0.5, the paper's rule),
             'far' (farthest from the given model: safer where the backdoor dies late along a one-model path, at a
             cost in clean accuracy when the holdout cannot tell the points apart; docs/one_model.md), 'scan' (the
