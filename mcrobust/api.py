@@ -159,7 +159,9 @@ def repair(
     One model: a second end is trained from it on the bonafide-train part of `clean` (`second_end`: by default
     adversarial unlearning, fine-tuning that also trains against the batch's universal perturbation and the targeted
     one toward the class it reaches most easily; 'finetune' is the paper's protocol, which leaves backdoors in place,
-    docs/one_model.md) and the path joins the two; two models: the path joins them. Every t is evaluated, and t is
+    docs/one_model.md) and the path joins the two; two models: the path joins them, and by default every point of it
+    also learns their mean predictions on the clean images (`path_distill` 'auto': weight 4 with two models, 0 with
+    one; docs/results.md). Every t is evaluated, and t is
     chosen without the trigger: with one model, the paper's middle point among those the clean holdout accepts, or
     the next accepted point away from the model where a scan of universal perturbations no longer finds the model's
     suspect class (`selection` 'veto'; 'scan' lets the scan move toward the model as well, which failed on held-out
