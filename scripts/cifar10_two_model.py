@@ -213,15 +213,20 @@ def path_file(num_points: int, name: str = "path") -> str:
 
 def finest_path(step: Path, name: str = "path") -> Path:
     """The path's result (`name`: 'path' or 'path_aug') evaluated at the most points."""
-    refined = sorted(step.glob(f"{name}_p*.json"), key=lambda file: int(file.stem.removeprefix(f"{name}_p")))
+    refined = sorted(step.glob(f"{name}_p*.json"), key=points_of)
     return refined[-1] if refined else step / f"{name}.json"
 
 
 def trained_seconds(step: Path, name: str = "path") -> float:
-    """Seconds of the run that trained the path (its first evaluation), not of a later re-evaluation at more points."""
-    files = sorted(step.glob(f"{name}*.json"), key=lambda file: file.stat().st_mtime)
-    runs = [json.loads(file.read_text()) for file in files if file.stem == name or file.stem.startswith(f"{name}_p")]
+    """Seconds of the run that trained the path: its evaluation at the fewest points (a re-evaluation adds points)."""
+    evaluated = [step / f"{name}.json", *sorted(step.glob(f"{name}_p*.json"), key=points_of)]
+    runs = [json.loads(file.read_text()) for file in evaluated if file.is_file()]
     return next((run["seconds"] for run in runs if "seconds" in run), float("nan"))
+
+
+def points_of(file: Path) -> int:
+    """The number of evaluated t of a `<name>_p<points>.json` result."""
+    return int(file.stem.rsplit("_p", 1)[1])
 
 
 def interval(fraction: float, n: int) -> str:
