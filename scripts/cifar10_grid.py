@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -91,6 +92,11 @@ RECIPE_SETTINGS |= {
 """`mcrobust.repair` settings of every recipe `--recipes` may name, as they ran: the default ones, `unlearn_suspect`,
 both unlearning recipes with selection 'scan', the veto, and the veto at the other radii of `radius_table`
 (`unlearn_suspect_veto_r15`, `unlearn_suspect_veto_r2`, `unlearn_suspect_veto_s3to15`)."""
+DISTILLED = {"unlearn_suspect_veto_auto_kd4": {"path_distill": 4.0}}
+"""The default one-model recipe with its path distilled from its two ends (weight 4, the two-model default of
+2026-12-07), trained on the unlearned end of the cell's default repair (`seed_trained_end` copies it): the two paths
+differ in their objective only (`distill_table`)."""
+RECIPE_SETTINGS |= {name: RECIPE_SETTINGS["unlearn_suspect_veto_auto"] | extra for name, extra in DISTILLED.items()}
 SHARED_FOLDER = {
     "unlearn_scan": "unlearn",
     "unlearn_suspect_scan": "unlearn_suspect",
@@ -343,6 +349,8 @@ def run_cell(
     for recipe in recipes:
         if only_backdoored and recipe != "finetune" and not finetuning_kept_backdoor(folder):
             continue
+        if recipe in DISTILLED and not (folder / f"repair_{recipe}.json").is_file():
+            seed_trained_end(folder, folder / recipe, DISTILLED[recipe])
         net = load_tampered(arch, weights)
         timed(
             folder / f"repair_{recipe}.json",
@@ -366,6 +374,41 @@ def run_cell(
     if (folder / "unlearn_suspect" / "steps" / "path" / "final.ckpt").is_file():
         net = load_tampered(arch, weights)
         timed(folder / "scan_study.json", lambda: scan_study(net, clean, settings, folder / "unlearn_suspect"))
+
+
+def default_recipe(cell: Path) -> str | None:
+    """The recipe of the cell's default one-model repair: 'unlearn_suspect_veto_auto' where it ran, else the
+    fixed-radius veto that 'auto' resolves to on this model, which stood in for it (`radius_table`); None while
+    neither has finished."""
+    tag = RADIUS_TAGS.get(auto_radius(cell))
+    fixed = [] if tag is None else ["unlearn_suspect_veto" if tag == "r3" else f"unlearn_suspect_veto_{tag}"]
+    finished = (
+        recipe
+        for recipe in ["unlearn_suspect_veto_auto", *fixed]
+        if (cell / f"repair_{recipe}.json").is_file()
+        and (cell / SHARED_FOLDER[recipe] / "steps" / "finetuned.safetensors").is_file()
+    )
+    return next(finished, None)
+
+
+def seed_trained_end(cell: Path, folder: Path, changed: dict[str, Any]) -> None:
+    """Start the repair folder `folder` from the trained unlearned end (and cached radius) of the cell's default repair,
+    its recorded settings changed by `changed`, so that `mcrobust.repair` resumes it and trains only the path."""
+    steps = folder / "steps"
+    if steps.is_dir():
+        return
+    recipe = default_recipe(cell)
+    if recipe is None:
+        raise SystemExit(f"{cell.name}: run --recipes unlearn_suspect_veto_auto first (its unlearned end is reused)")
+    source = cell / SHARED_FOLDER[recipe]
+    steps.mkdir(parents=True)
+    for name in ("model.safetensors", "finetuned.safetensors"):
+        shutil.copy2(source / "steps" / name, steps / name)
+    radius = read_json(source / "steps" / "radius.json") or read_json(cell / "auto_radius.json")
+    radius.pop("seconds", None)
+    (steps / "radius.json").write_text(json.dumps(radius, indent=2))
+    recorded = json.loads((source / "steps" / "chain_settings.json").read_text())
+    (steps / "chain_settings.json").write_text(json.dumps(recorded | {"unlearn_eps": "auto"} | changed, indent=2))
 
 
 STUDY_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -654,6 +697,52 @@ def radius_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+DISTILL_POINTS = (0.25, 0.5, 0.75, 1.0)
+
+
+def distill_table(out: Path) -> str:
+    """The default one-model repair against the same repair with its path distilled (`DISTILLED`), on the same
+    unlearned end: clean accuracy / ASR at every interior t and at the end, the veto's pick, and issue 14's tally
+    per objective on the cells fine-tuning left backdoored."""
+    objectives = {"paper's objective": None}
+    objectives |= {f"distilled, weight {extra['path_distill']:g}": recipe for recipe, extra in DISTILLED.items()}
+    head = ["cell", "model", "fine-tuning", "path objective", *(f"t={t:g}" for t in DISTILL_POINTS), "veto's pick"]
+    lines = ["| " + " | ".join([*head, "repair s"]) + " |", "|" + " --- |" * (len(head) + 1)]
+    met, removed, counted = ({name: 0 for name in objectives} for _ in range(3))
+    for folder in sorted(f for f in out.iterdir() if f.is_dir()):
+        runs = {name: read_json(folder / f"repair_{recipe}.json") for name, recipe in objectives.items() if recipe}
+        if not any(runs.values()) or (default := default_recipe(folder)) is None:
+            continue
+        runs = {"paper's objective": read_json(folder / f"repair_{default}.json")} | runs
+        model = json.loads((folder / "tampered.json").read_text())
+        finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
+        for name, run in runs.items():
+            if not run:
+                continue
+            chosen = point(run["rows"], run["t"])
+            if finetune["asr"] > 0.5:
+                counted[name] += 1
+                removed[name] += chosen["asr"] <= 0.10
+                met[name] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
+            points = [shown(point(run["rows"], t)) for t in DISTILL_POINTS]
+            pick = f"{shown(chosen)} (t={run['t']:.2f}{', warned' if run['warnings'] else ''})"
+            lines.append(
+                f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
+                f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | {name} | "
+                + " | ".join(points)
+                + f" | {pick} | "
+                f"{run['seconds']:.0f} |"
+            )
+    lines += ["", "On the cells where fine-tuning kept ASR > 0.5: ASR <= 0.10, and also within 3 points:"]
+    lines += [f"- {name}: {removed[name]} of {counted[name]}, {met[name]} of {counted[name]}" for name in objectives]
+    return "\n".join(lines)
+
+
+def shown(row: dict[str, Any]) -> str:
+    """'clean accuracy / ASR' of one evaluated point."""
+    return f"{row['clean_acc']:.3f} / {row['asr']:.3f}"
+
+
 def radius_name(settings: dict[str, Any]) -> str:
     """'radius 3', 'radius auto', or 'radius 3 to 1.5' for a schedule, from a recipe's unlearn_eps (and
     unlearn_eps_final)."""
@@ -833,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.table:
         tables = (table(args.out), budget_table(args.out), study_table(args.out), radius_table(args.out))
+        tables += (distill_table(args.out),)
         print("\n\n".join(tables))
         return 0
     torch.set_num_threads(1)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import cifar10_grid as grid  # noqa: E402
@@ -206,3 +208,37 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
     assert "| radius 3 to 1.5: end alone | radius 3 to 1.5: veto |" in text  # the schedule, named by its two radii
     assert "- radius 3 to 1.5: 0 of 1, 0 of 1" in text
     assert "| d-auto-only | 0.500 / 0.950 | 0.500 / 0.950 | - | - |" in text and "- radius 3: 1 of 2," in text
+
+
+def test_a_distilled_path_starts_from_the_default_repairs_unlearned_end(tmp_path):
+    cell = tmp_path / "a-conv"
+    write_cell(cell, B_PATH)
+    (cell / "auto_radius.json").write_text(json.dumps({"radius": 2.0, "median_reach": {"3": 0.7}, "seconds": 9}))
+    (cell / "repair_unlearn_suspect_veto_r2.json").write_text(json.dumps(repair(SUSPECT_PATH, 0.5)))
+    steps = cell / "unlearn_suspect_r2" / "steps"  # radius 2 stood in for 'auto' on this model
+    steps.mkdir(parents=True)
+    for name in ("model", "finetuned"):
+        (steps / f"{name}.safetensors").write_bytes(name.encode())
+    (steps / "chain_settings.json").write_text(json.dumps({"ends": "one", "unlearn_eps": 2.0, "epochs": 4}))
+
+    grid.seed_trained_end(cell, cell / "unlearn_suspect_veto_auto_kd4", {"path_distill": 4.0})
+
+    seeded = cell / "unlearn_suspect_veto_auto_kd4" / "steps"
+    assert (seeded / "finetuned.safetensors").read_bytes() == b"finetuned"  # the end is reused, not retrained
+    assert not (seeded / "path").exists()
+    recorded = json.loads((seeded / "chain_settings.json").read_text())
+    assert recorded == {"ends": "one", "unlearn_eps": "auto", "epochs": 4, "path_distill": 4.0}
+    assert json.loads((seeded / "radius.json").read_text()) == {"radius": 2.0, "median_reach": {"3": 0.7}}
+
+    (cell / "repair_unlearn_suspect_veto_auto_kd4.json").write_text(json.dumps(repair(HALF_RADIUS_PATH, 0.25)))
+    text = grid.distill_table(tmp_path)
+    assert "| a-conv | 0.500 / 0.950 | 0.500 / 0.950 | paper's objective | 0.500 / 0.600 |" in text
+    assert "| distilled, weight 4 | 0.500 / 0.020 | 0.500 / 0.030 | 0.490 / 0.030 | 0.470 / 0.040 |" in text
+    assert "- paper's objective: 1 of 1, 1 of 1" in text and "- distilled, weight 4: 1 of 1, 1 of 1" in text
+
+
+def test_a_distilled_path_needs_the_default_repair_first(tmp_path):
+    write_cell(tmp_path / "a", B_PATH)
+    with pytest.raises(SystemExit, match="run --recipes unlearn_suspect_veto_auto first"):
+        grid.seed_trained_end(tmp_path / "a", tmp_path / "a" / "unlearn_suspect_veto_auto_kd4", {"path_distill": 4.0})
+    assert not (tmp_path / "a" / "unlearn_suspect_veto_auto_kd4").exists()
