@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from mcrobust.nets import create_net  # noqa: E402
 from mcrobust.paths.selection import select_t  # noqa: E402
 from mcrobust.pipeline.scan import RADIUS_LADDER, RADIUS_REACH_LIMIT  # noqa: E402
 from mcrobust.threats.triggers import BlendTrigger, PatchTrigger  # noqa: E402
+
+if TYPE_CHECKING:
+    from mcrobust.pipeline.settings import ChainSettings
 
 TARGET = 0
 ARCHS = {"vgg_small_bn": {}, "preresnet20": {"depth": 20}, "wrn16_1": {"depth": 16, "widen": 1}}
@@ -428,9 +431,8 @@ def scan_study(net: torch.nn.Module, clean: Any, settings: dict[str, Any], folde
     from mcrobust.pipeline.chain import RepairChain, repair_data
     from mcrobust.pipeline.inputs import as_split
     from mcrobust.pipeline.scan import scan_images
-    from mcrobust.pipeline.settings import ChainSettings
 
-    chain_settings = ChainSettings(**RECIPE_SETTINGS["unlearn_suspect"], **settings)
+    chain_settings = study_settings(settings)
     data = repair_data(as_split(clean, "clean"), None, chain_settings)
     data.setup("test")
     chain = RepairChain(copy.deepcopy(net).cpu(), data, chain_settings, folder)
@@ -440,6 +442,16 @@ def scan_study(net: torch.nn.Module, clean: Any, settings: dict[str, Any], folde
     x, y = scan_images(chain)
     eps, steps = chain_settings.unlearn_eps, chain_settings.unlearn_steps
     return {"reach": {str(t): list(scan_classes(chain.point(system, t), x, y, eps, steps).reach) for t in STUDY_POINTS}}
+
+
+def study_settings(settings: dict[str, Any]) -> ChainSettings:
+    """The settings of the 'unlearn_suspect' repair the scan study rebuilds, resolved for one model as
+    `mcrobust.repair` resolves them (its path was trained with the paper's objective, `path_distill` 0)."""
+    from mcrobust.pipeline.settings import ChainSettings
+
+    chain_settings = ChainSettings(**RECIPE_SETTINGS["unlearn_suspect"], **settings)
+    chain_settings.resolve_for(one_model=True)
+    return chain_settings
 
 
 def finetuning_kept_backdoor(folder: Path) -> bool:

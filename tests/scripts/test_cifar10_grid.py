@@ -242,3 +242,9 @@ def test_a_distilled_path_needs_the_default_repair_first(tmp_path):
     with pytest.raises(SystemExit, match="run --recipes unlearn_suspect_veto_auto first"):
         grid.seed_trained_end(tmp_path / "a", tmp_path / "a" / "unlearn_suspect_veto_auto_kd4", {"path_distill": 4.0})
     assert not (tmp_path / "a" / "unlearn_suspect_veto_auto_kd4").exists()
+
+
+def test_the_scan_study_rebuilds_the_paper_objectives_path():
+    # the study restores a path trained before path distillation existed: 'auto' must resolve (one model: 0)
+    settings = grid.study_settings({"epochs": 4, "epoch_samples": 2500, "seed": 0})
+    assert settings.path_distill == 0.0 and settings.unlearn_eps == 3.0 and settings.unlearn_suspect is True
