@@ -678,8 +678,11 @@ def radius_table(out: Path) -> str:
         picks = {"r3": first} if (first := first_radius_veto(folder)) else {}
         picks |= {tag: (run["t"], run["rows"]) for tag, file in files.items() if (run := read_json(file))}
         same = RADIUS_TAGS.get(auto_radius(folder))
+        # the radius 'auto' resolves to on this model and 'auto' itself: the same settings and repair
         if "auto" not in picks and same in picks:
-            picks["auto"] = picks[same]  # the radius 'auto' resolves to on this model: the same settings and repair
+            picks["auto"] = picks[same]
+        elif same is not None and same not in picks and "auto" in picks:
+            picks[same] = picks["auto"]
         cells = []
         for tag in radii:
             if tag not in picks:
@@ -770,11 +773,16 @@ RADIUS_TAGS |= {
 
 
 def auto_radius(folder: Path) -> float | None:
-    """The radius `unlearn_eps='auto'` resolves to on the cell's model: from `auto_radius.json` (written by
-    `calibrated_radius` on the model as the repair sees it), else from the cell's scan study when its scan of t = 0
-    at radius 3, the scan 'auto' makes first (the same model, BN statistics and images), is within the limit."""
-    if (resolved := read_json(folder / "auto_radius.json")).get("radius") is not None:
-        return float(resolved["radius"])
+    """The radius `unlearn_eps='auto'` resolves to on the cell's model: from the default repair's own record where
+    it ran, else `auto_radius.json` (written by `calibrated_radius` on the model as the repair sees it), else from the
+    cell's scan study when its scan of t = 0 at radius 3, the scan 'auto' makes first (the same model, BN statistics
+    and images), is within the limit."""
+    for record in (
+        folder / SHARED_FOLDER["unlearn_suspect_veto_auto"] / "steps" / "radius.json",
+        folder / "auto_radius.json",
+    ):
+        if (resolved := read_json(record)).get("radius") is not None:
+            return float(resolved["radius"])
     reach = read_json(folder / "scan_study.json").get("reach", {}).get("0.0")
     first = RADIUS_LADDER[0]
     if reach is None or first != FIRST_RADIUS["unlearn_eps"]:

@@ -194,6 +194,11 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
     write_cell(tmp_path / "c-not-run", B_PATH)  # no smaller radius ran: not a row
     write_cell(tmp_path / "d-auto-only", B_PATH)  # only 'auto' ran: no radius-3 repair to show
     (tmp_path / "d-auto-only" / "repair_unlearn_suspect_veto_auto.json").write_text(json.dumps(repair(B_PATH, 0.5)))
+    write_cell(tmp_path / "e-auto-at-3", B_PATH)  # 'auto' kept radius 3 here: it is radius 3's repair as well
+    (tmp_path / "e-auto-at-3" / "repair_unlearn_suspect_veto_auto.json").write_text(json.dumps(repair(B_PATH, 0.25)))
+    record = tmp_path / "e-auto-at-3" / "unlearn_suspect_auto" / "steps" / "radius.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"radius": 3.0, "median_reach": {"3": 0.0}, "limit": 0.6}))
 
     text = grid.radius_table(tmp_path)
 
@@ -203,11 +208,13 @@ def test_the_radius_table_compares_the_veto_at_every_radius_on_the_same_cells(tm
     assert "| b-conv | 0.500 / 0.950 | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.600 (t=0.50) |" in text
     assert "| 0.440 / 0.010 | 0.500 / 0.600 (t=0.25) |" in text  # radius 2 on b: its own pick, backdoored
     assert "c-not-run" not in text
-    assert "- radius 3: 1 of 2, 1 of 2" in text and "- radius 1.5: 2 of 2, 2 of 2" in text
+    assert "- radius 1.5: 2 of 2, 2 of 2" in text
     assert "- radius 2: 0 of 1, 0 of 1" in text
     assert "| radius 3 to 1.5: end alone | radius 3 to 1.5: veto |" in text  # the schedule, named by its two radii
     assert "- radius 3 to 1.5: 0 of 1, 0 of 1" in text
-    assert "| d-auto-only | 0.500 / 0.950 | 0.500 / 0.950 | - | - |" in text and "- radius 3: 1 of 2," in text
+    assert "| d-auto-only | 0.500 / 0.950 | 0.500 / 0.950 | - | - |" in text
+    assert "| e-auto-at-3 | 0.500 / 0.950 | 0.500 / 0.950 | 0.420 / 0.080 | 0.500 / 0.900 (t=0.25) |" in text
+    assert "- radius 3: 1 of 3, 1 of 3" in text and "- radius auto: 1 of 3, 1 of 3" in text
 
 
 def test_a_distilled_path_starts_from_the_default_repairs_unlearned_end(tmp_path):
