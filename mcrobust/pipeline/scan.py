@@ -114,7 +114,9 @@ RADIUS_REACH_LIMIT = 0.6
 none is). A model that its universal perturbations move everywhere (converged CIFAR-10 nets at radius 3: median reach
 0.66-0.86) is unlearned and scanned at a smaller radius, where unlearning costs less clean accuracy and the suspect
 class can still stand out; the 48,000-image models of the grid (0.01-0.46 at radius 3) keep 3. Fitted on those 12
-cells and held out on two more converged ones (0.65 and 0.77: radius 2, both repaired), docs/results.md (2026-12-07)."""
+cells and held out on two more converged ones (0.65 and 0.77: radius 2, both repaired), docs/results.md (2026-12-07).
+Its known blind spot: converged models with a noise-blend backdoor reach no class at radius 3 (median 0.00), keep 3,
+and lose 13-15 points to unlearning there (docs/results.md, fourth stop of 2026-12-07)."""
 
 
 def resolve_radius(chain: RepairChain, model: torch.nn.Module) -> float:
