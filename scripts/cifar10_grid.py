@@ -20,7 +20,8 @@ on the other half:
 `unlearn_scan` / `unlearn_suspect_scan` choose t on those trained paths again with selection 'scan' (nothing is
 retrained: they resume the recipe's folder; `repair_<recipe>_scan.json`). `unlearn_suspect_veto_r15` and
 `unlearn_suspect_veto_r2` are the default at unlearning radius 1.5 and 2 instead of 3, `unlearn_suspect_veto_s3to15`
-with the radius shrinking from 3 to 1.5 over the epochs (the table `radius_table`).
+with the radius shrinking from 3 to 1.5 over the epochs (the table `radius_table`). `unlearn_suspect_veto_auto_kd4`
+trains a distilled path on the unlearned end of the cell's default repair, without retraining it (`distill_table`).
 
 Each finished step is a JSON file under `<out>/<cell>/`; a rerun skips it, so the grid can be stopped and
 resumed, and split over processes with --worker k/n. `--table` prints the markdown tables of what has finished.
