@@ -647,14 +647,13 @@ def study_table(out: Path) -> str:
             chosen = point(rows, t)
             removed[rule] += chosen["asr"] <= 0.10
             met[rule] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
-            text = f"{chosen['clean_acc']:.3f} / {chosen['asr']:.3f} (t={t:.2f}{', warned' if warned else ''})"
+            text = f"{shown(chosen)} (t={t:.2f}{', warned' if warned else ''})"
             cells.append(bold(text, rule == STUDY_DEFAULT))
         own = point(rows, repair["t"])
         lines.append(
-            f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
-            f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | {fst['clean_acc']:.3f} / {fst['asr']:.3f} | "
-            f"{point(rows, 1.0)['clean_acc']:.3f} / {point(rows, 1.0)['asr']:.3f} | " + " | ".join(cells) + " | "
-            f"t={repair['t']:.2f} {selection} ({own['clean_acc']:.3f} / {own['asr']:.3f}) | {repair['seconds']:.0f} |"
+            f"| {folder.name} | {shown(model)} | {shown(finetune)} | {shown(fst)} | {shown(point(rows, 1.0))} | "
+            + " | ".join(cells)
+            + f" | t={repair['t']:.2f} {selection} ({shown(own)}) | {repair['seconds']:.0f} |"
         )
     lines += ["", f"{counted} cells where fine-tuning kept ASR > 0.5; ASR <= 0.10, and also within 3 points:"]
     lines += [f"- {rule}: {removed[rule]} of {counted}, {met[rule]} of {counted}" for rule in STUDY_RULES]
@@ -669,7 +668,7 @@ def radius_table(out: Path) -> str:
     head = ["cell", "model", "fine-tuning"]
     head += [f"{name}: {what}" for name in radii.values() for what in ("end alone", "veto")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    met, removed, counted = ({tag: 0 for tag in radii} for _ in range(3))
+    tally = BarTally(radii)
     for folder in sorted(f for f in out.iterdir() if f.is_dir()):
         files = {tag: folder / f"repair_unlearn_suspect_veto_{tag}.json" for tag in RADII}
         if not any(file.is_file() for file in files.values()):
@@ -691,67 +690,73 @@ def radius_table(out: Path) -> str:
                 continue
             t, rows = picks[tag]
             chosen, end = point(rows, t), point(rows, 1.0)
-            if finetune["asr"] > 0.5:
-                counted[tag] += 1
-                removed[tag] += chosen["asr"] <= 0.10
-                met[tag] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
-            cells += [
-                f"{end['clean_acc']:.3f} / {end['asr']:.3f}",
-                f"{chosen['clean_acc']:.3f} / {chosen['asr']:.3f} (t={t:.2f})",
-            ]
-        lines.append(
-            f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
-            f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | " + " | ".join(cells) + " |"
-        )
+            tally.add(tag, model, finetune, chosen)
+            cells += [shown(end), f"{shown(chosen)} (t={t:.2f})"]
+        lines.append(f"| {folder.name} | {shown(model)} | {shown(finetune)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "On the cells where fine-tuning kept ASR > 0.5 and the radius ran: ASR <= 0.10, and also within 3 points:",
     ]
-    lines += [
-        f"- {name}: {removed[tag]} of {counted[tag]}, {met[tag]} of {counted[tag]}" for tag, name in radii.items()
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + tally.summary())
+
+
+@dataclass
+class BarTally:
+    """Issue 14's one-model bar per candidate (`names`: key -> shown name), counted on the cells where fine-tuning
+    left ASR > 0.5: how often the chosen point removed the backdoor (ASR <= 0.10), and did so within 3 points."""
+
+    names: dict[str, str]
+
+    def __post_init__(self) -> None:
+        self.counted, self.removed, self.met = ({key: 0 for key in self.names} for _ in range(3))
+
+    def add(self, key: str, model: dict[str, Any], finetune: dict[str, Any], chosen: dict[str, Any]) -> None:
+        """Count the candidate's chosen point on one cell (a cell where fine-tuning removed the backdoor is skipped)."""
+        if finetune["asr"] > 0.5:
+            self.counted[key] += 1
+            self.removed[key] += chosen["asr"] <= 0.10
+            self.met[key] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
+
+    def summary(self) -> list[str]:
+        """One line per candidate: '- name: removed of counted, met of counted'."""
+        return [
+            f"- {name}: {self.removed[key]} of {self.counted[key]}, {self.met[key]} of {self.counted[key]}"
+            for key, name in self.names.items()
+        ]
 
 
 DISTILL_POINTS = (0.25, 0.5, 0.75, 1.0)
+PAPER_OBJECTIVE = "paper's objective"
 
 
 def distill_table(out: Path) -> str:
     """The default one-model repair against the same repair with its path distilled (`DISTILLED`), on the same
     unlearned end: clean accuracy / ASR at every interior t and at the end, the veto's pick, and issue 14's tally
     per objective on the cells fine-tuning left backdoored."""
-    objectives = {"paper's objective": None}
-    objectives |= {f"distilled, weight {extra['path_distill']:g}": recipe for recipe, extra in DISTILLED.items()}
+    distilled = {f"distilled, weight {extra['path_distill']:g}": recipe for recipe, extra in DISTILLED.items()}
+    tally = BarTally({name: name for name in (PAPER_OBJECTIVE, *distilled)})
     head = ["cell", "model", "fine-tuning", "path objective", *(f"t={t:g}" for t in DISTILL_POINTS), "veto's pick"]
     lines = ["| " + " | ".join([*head, "repair s"]) + " |", "|" + " --- |" * (len(head) + 1)]
-    met, removed, counted = ({name: 0 for name in objectives} for _ in range(3))
     for folder in sorted(f for f in out.iterdir() if f.is_dir()):
-        runs = {name: read_json(folder / f"repair_{recipe}.json") for name, recipe in objectives.items() if recipe}
+        runs = {name: read_json(folder / f"repair_{recipe}.json") for name, recipe in distilled.items()}
         if not any(runs.values()) or (default := default_recipe(folder)) is None:
             continue
-        runs = {"paper's objective": read_json(folder / f"repair_{default}.json")} | runs
+        runs = {PAPER_OBJECTIVE: read_json(folder / f"repair_{default}.json"), **runs}
         model = json.loads((folder / "tampered.json").read_text())
         finetune = point(json.loads((folder / "repair_finetune.json").read_text())["rows"], 1.0)
         for name, run in runs.items():
             if not run:
                 continue
             chosen = point(run["rows"], run["t"])
-            if finetune["asr"] > 0.5:
-                counted[name] += 1
-                removed[name] += chosen["asr"] <= 0.10
-                met[name] += chosen["asr"] <= 0.10 and within_3_points(model["clean_acc"], chosen["clean_acc"])
-            points = [shown(point(run["rows"], t)) for t in DISTILL_POINTS]
+            tally.add(name, model, finetune, chosen)
+            points = " | ".join(shown(point(run["rows"], t)) for t in DISTILL_POINTS)
             pick = f"{shown(chosen)} (t={run['t']:.2f}{', warned' if run['warnings'] else ''})"
             lines.append(
-                f"| {folder.name} | {model['clean_acc']:.3f} / {model['asr']:.3f} | "
-                f"{finetune['clean_acc']:.3f} / {finetune['asr']:.3f} | {name} | "
-                + " | ".join(points)
-                + f" | {pick} | "
+                f"| {folder.name} | {shown(model)} | {shown(finetune)} | {name} | {points} | {pick} | "
                 f"{run['seconds']:.0f} |"
             )
     lines += ["", "On the cells where fine-tuning kept ASR > 0.5: ASR <= 0.10, and also within 3 points:"]
-    lines += [f"- {name}: {removed[name]} of {counted[name]}, {met[name]} of {counted[name]}" for name in objectives]
-    return "\n".join(lines)
+    return "\n".join(lines + tally.summary())
 
 
 def shown(row: dict[str, Any]) -> str:

@@ -303,7 +303,7 @@ def short(result: dict[str, Any] | None) -> str:
     """'clean / ASR' of one evaluated model, or why there is none."""
     if result is None:
         return "not run"
-    return measured(result) if "failed" in result else f"{result['clean_acc']:.3f} / {result['asr']:.3f}"
+    return measured(result) if "failed" in result else grid.shown(result)
 
 
 def matched_pairs(rows: list[dict[str, Any]], ends: dict[str, dict[str, Any]]) -> str:
